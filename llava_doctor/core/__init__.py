@@ -1,0 +1,1 @@
+"""The bundled LLaVA training/model core: tiny, real, CPU-friendly (see DESIGN.md §2)."""

@@ -1,0 +1,215 @@
+"""Check discovery and the `Check` unit.
+
+A check is a small class that carries its own code, title, rationale, fix hint, the kind of
+artifact it consumes and its own valid/invalid examples (the way Fixit's ``LintRule`` does).
+Built-in checks live in ``llava_doctor.checks`` (the top-level ``checks/`` folder, shipped inside
+the package); third-party checks are found through the ``llava_doctor.checks`` entry-point group,
+the way flake8 finds plugins. Importing this module and the built-in checks must stay cheap: no
+torch, no transformers at import time.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
+
+from .findings import Finding, Severity
+
+ENTRY_POINT_GROUP = "llava_doctor.checks"
+CODE_PATTERN = re.compile(r"^[A-Z]{2,5}\d{3}$")
+BUILTIN_PREFIX = "LD"
+
+# Artifact kinds a check may consume (see DESIGN.md §2). Names, not classes, so that declaring a
+# check never imports the (possibly heavy) artifact module.
+ARTIFACT_KINDS = ("Checkpoint", "Dataset", "LiveModel", "TrainingLog", "Generation")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a run knows beyond the artifact: user options and optional companions."""
+
+    deep: bool = False
+    stage: str | None = None
+    base: Any = None  # a second artifact of the same kind to compare against (e.g. --base CKPT)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return self.options.get(name, default)
+
+
+@dataclass(frozen=True)
+class Example:
+    """A self-contained example for a check: `build()` returns the artifact (and optionally a Context).
+
+    For an invalid example, `count` (if set) is the exact number of findings of the check's code
+    and every string of `contains` must appear in some finding message.
+    """
+
+    name: str
+    build: Callable[[], Any]
+    context: Callable[[], Context] | None = None
+    count: int | None = None
+    contains: tuple[str, ...] = ()
+
+
+class Check:
+    code: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    artifact: ClassVar[str] = ""
+    severity: ClassVar[Severity] = Severity.ERROR
+    rationale: ClassVar[str] = ""
+    fix: ClassVar[str] = ""
+    deep: ClassVar[bool] = False  # reads tensor data: runs only with --deep
+    valid: ClassVar[tuple[Example, ...]] = ()
+    invalid: ClassVar[tuple[Example, ...]] = ()
+
+    def run(self, artifact: Any, context: Context) -> Iterable[Finding]:
+        raise NotImplementedError
+
+    def finding(
+        self,
+        message: str,
+        *,
+        artifact: str,
+        location: str = "",
+        observed: Any = None,
+        expected: Any = None,
+        severity: Severity | None = None,
+        fix: str | None = None,
+        **extra: Any,
+    ) -> Finding:
+        return Finding(
+            code=self.code,
+            severity=self.severity if severity is None else severity,
+            message=message,
+            artifact=artifact,
+            location=location,
+            fix=self.fix if fix is None else fix,
+            observed=observed,
+            expected=expected,
+            extra=extra,
+        )
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {
+            "code": cls.code,
+            "title": cls.title,
+            "artifact": cls.artifact,
+            "severity": str(cls.severity),
+            "deep": cls.deep,
+            "rationale": inspect.cleandoc(cls.rationale),
+            "fix": inspect.cleandoc(cls.fix),
+        }
+
+
+class RegistryError(Exception):
+    pass
+
+
+def validate(check: type[Check], *, builtin: bool) -> None:
+    name = f"{check.__module__}.{check.__qualname__}"
+    if not CODE_PATTERN.match(check.code or ""):
+        raise RegistryError(f"{name}: code {check.code!r} is not like LD123")
+    if not builtin and check.code.startswith(BUILTIN_PREFIX):
+        raise RegistryError(f"{name}: the {BUILTIN_PREFIX} prefix is reserved for built-in checks")
+    if check.artifact not in ARTIFACT_KINDS:
+        raise RegistryError(f"{name}: artifact {check.artifact!r} is not one of {', '.join(ARTIFACT_KINDS)}")
+    for attr in ("title", "rationale", "fix"):
+        if not getattr(check, attr).strip():
+            raise RegistryError(f"{name}: {attr} is empty")
+    if "run" not in vars(check) and check.run is Check.run:
+        raise RegistryError(f"{name}: does not implement run()")
+
+
+def _checks_in_module(module: Any) -> Iterator[type[Check]]:
+    for value in vars(module).values():
+        if (
+            inspect.isclass(value)
+            and issubclass(value, Check)
+            and value is not Check
+            and value.__module__ == module.__name__
+            and value.code
+        ):
+            yield value
+
+
+def builtin_checks() -> list[type[Check]]:
+    package = importlib.import_module("llava_doctor.checks")
+    found: list[type[Check]] = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        found.extend(_checks_in_module(module))
+    return found
+
+
+def plugin_checks() -> list[type[Check]]:
+    found: list[type[Check]] = []
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not take the tool down
+            raise RegistryError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+        if inspect.ismodule(obj):
+            found.extend(_checks_in_module(obj))
+        elif inspect.isclass(obj) and issubclass(obj, Check):
+            found.append(obj)
+        else:
+            raise RegistryError(f"plugin {ep.name!r} ({ep.value}) is neither a Check subclass nor a module")
+    return found
+
+
+_CACHE: dict[str, type[Check]] | None = None
+
+
+def all_checks(*, refresh: bool = False) -> dict[str, type[Check]]:
+    """Every known check by code, built-ins first, validated; duplicate codes are an error."""
+    global _CACHE
+    if _CACHE is not None and not refresh:
+        return _CACHE
+    table: dict[str, type[Check]] = {}
+    for builtin, checks in ((True, builtin_checks()), (False, plugin_checks())):
+        for check in checks:
+            validate(check, builtin=builtin)
+            if check.code in table and table[check.code] is not check:
+                raise RegistryError(
+                    f"code {check.code} is claimed by both {table[check.code].__module__} and {check.__module__}"
+                )
+            table[check.code] = check
+    _CACHE = dict(sorted(table.items()))
+    return _CACHE
+
+
+def matches(code: str, patterns: Iterable[str]) -> bool:
+    """`LD2` matches LD201..LD299, `LD201` only itself, `ALL` everything (ruff-style prefixes)."""
+    return any(p == "ALL" or code.startswith(p) for p in patterns)
+
+
+def select_checks(
+    artifact: str,
+    *,
+    select: Iterable[str] = ("ALL",),
+    ignore: Iterable[str] = (),
+    deep: bool = False,
+) -> list[Check]:
+    select, ignore = list(select) or ["ALL"], list(ignore)
+    chosen = []
+    for code, check in all_checks().items():
+        if check.artifact != artifact or (check.deep and not deep):
+            continue
+        if matches(code, select) and not matches(code, ignore):
+            chosen.append(check())
+    return chosen
+
+
+def run_checks(artifact_obj: Any, kind: str, context: Context, **selection: Any) -> list[Finding]:
+    findings: list[Finding] = []
+    for check in select_checks(kind, deep=context.deep, **selection):
+        findings.extend(check.run(artifact_obj, context))
+    return findings

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENIZERS_DIR = Path(os.environ.get("LLAVA_DOCTOR_TOKENIZERS", ROOT.parent / "shared" / "fixtures" / "tokenizers"))
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tokenizers_dir() -> Path:
+    """The real tokenizer folders shared beside the project (../shared/fixtures/tokenizers)."""
+    if not TOKENIZERS_DIR.is_dir():
+        pytest.skip(
+            f"real tokenizer fixtures not found at {TOKENIZERS_DIR}; "
+            "set LLAVA_DOCTOR_TOKENIZERS to a folder holding them (see shared/fixtures/tokenizers/PROVENANCE.md)"
+        )
+    return TOKENIZERS_DIR
+
+
+@pytest.fixture(scope="session")
+def cpu_dist():
+    """torch.distributed (gloo, world 1) + DeepSpeed comm, initialised once for the session without JIT builds."""
+    from llava_doctor.core.distributed import init_cpu_distributed
+
+    init_cpu_distributed()
+    yield
