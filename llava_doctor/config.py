@@ -13,6 +13,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+FORMATS = ("text", "json", "junit", "sarif", "github")
 KNOWN_KEYS = {"select", "ignore", "severity", "fail-on", "template", "recipe", "format", "deep", "stage", "schema"}
 
 
@@ -57,28 +58,34 @@ def parse_settings(table: Mapping[str, Any], path: Path) -> Settings:
     if unknown:
         raise InputError(f"{path}: unknown key(s) in [tool.llava-doctor]: {', '.join(unknown)}")
     kwargs: dict[str, Any] = {"source": str(path)}
-    try:
-        if "select" in table:
-            kwargs["select"] = _codes(table["select"], "select", path)
-        if "ignore" in table:
-            kwargs["ignore"] = _codes(table["ignore"], "ignore", path)
-        if "severity" in table:
-            if not isinstance(table["severity"], Mapping):
-                raise InputError(f"{path}: [tool.llava-doctor] severity must be a table like {{LD205 = \"info\"}}")
-            kwargs["severity"] = {str(k).upper(): Severity.parse(v) for k, v in table["severity"].items()}
-        if "fail-on" in table:
-            kwargs["fail_on"] = Severity.parse(table["fail-on"])
-        for key in ("template", "recipe", "format", "stage"):
-            if key in table:
-                kwargs[key] = str(table[key])
-        for key in ("deep", "schema"):
-            if key in table:
-                if not isinstance(table[key], bool):
-                    raise InputError(f"{path}: [tool.llava-doctor] {key} must be true or false")
-                kwargs[key] = table[key]
-    except ValueError as exc:
-        raise InputError(f"{path}: [tool.llava-doctor]: {exc}") from None
+    if "select" in table:
+        kwargs["select"] = _codes(table["select"], "select", path)
+    if "ignore" in table:
+        kwargs["ignore"] = _codes(table["ignore"], "ignore", path)
+    if "severity" in table:
+        if not isinstance(table["severity"], Mapping):
+            raise InputError(f"{path}: [tool.llava-doctor] severity must be a table like {{LD205 = \"info\"}}")
+        kwargs["severity"] = {str(k).upper(): _severity(v, f"severity.{k}", path) for k, v in table["severity"].items()}
+    if "fail-on" in table:
+        kwargs["fail_on"] = _severity(table["fail-on"], "fail-on", path)
+    for key in ("template", "recipe", "format", "stage"):
+        if key in table:
+            kwargs[key] = str(table[key])
+    if kwargs.get("format", "text") not in FORMATS:
+        raise InputError(f"{path}: [tool.llava-doctor] format must be one of {', '.join(FORMATS)}")
+    for key in ("deep", "schema"):
+        if key in table:
+            if not isinstance(table[key], bool):
+                raise InputError(f"{path}: [tool.llava-doctor] {key} must be true or false")
+            kwargs[key] = table[key]
     return Settings(**kwargs)
+
+
+def _severity(value: Any, key: str, path: Path) -> Severity:
+    try:
+        return Severity.parse(value)
+    except ValueError as exc:
+        raise InputError(f"{path}: [tool.llava-doctor] {key}: {exc}") from None
 
 
 def load_settings(start: Path | None = None) -> Settings:

@@ -88,7 +88,7 @@ class Check:
             message=message,
             artifact=artifact,
             location=location,
-            fix=self.fix if fix is None else fix,
+            fix=" ".join((self.fix if fix is None else fix).split()),
             observed=observed,
             expected=expected,
             extra=extra,

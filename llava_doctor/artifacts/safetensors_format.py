@@ -79,13 +79,18 @@ def _entry_defect(name: str, entry: Any) -> str | None:
 def parse_header(header: bytes, *, file: str, file_size: int) -> SafetensorsHeader:
     """Validate a header's JSON bytes against a file of `file_size` bytes. Pure: no I/O."""
     result = SafetensorsHeader(file=file, file_size=file_size)
-    problem = lambda kind, detail, key=None: result.problems.append(IntegrityProblem(kind, file, detail, key))  # noqa: E731
+    problem = lambda kind, detail, key=None: result.problems.append(  # noqa: E731
+        IntegrityProblem(kind, file, printable(detail), None if key is None else printable(key))
+    )
     data_start = LENGTH_PREFIX_BYTES + len(header)
     data_size = file_size - data_start
     try:
         parsed = json.loads(header.decode("utf-8"), object_pairs_hook=_reject_duplicate_keys)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        problem("bad-header", f"header is not valid UTF-8 JSON ({_one_line(exc)})")
+    except UnicodeDecodeError as exc:
+        problem("bad-header", f"header is not UTF-8 ({_one_line(exc)})")
+        return result
+    except (ValueError, RecursionError) as exc:
+        problem("bad-header", f"header is not valid JSON ({_one_line(exc)})")
         return result
     if not isinstance(parsed, dict):
         problem("bad-header", f"header is a JSON {type(parsed).__name__}, expected an object")
@@ -101,42 +106,44 @@ def parse_header(header: bytes, *, file: str, file_size: int) -> SafetensorsHead
 
     sound: list[tuple[int, int, str, dict]] = []
     for name, entry in parsed.items():
-        defect = _entry_defect(name, entry)
+        defect = "name contains control characters" if not name.isprintable() else _entry_defect(name, entry)
         if defect is not None:
             problem("bad-header", f"tensor {name}: {defect}", name)
         else:
             sound.append((entry["data_offsets"][0], entry["data_offsets"][1], name, entry))
     sound.sort(key=lambda item: (item[0], item[1], item[2]))
+    rejected = len(sound) < len(parsed)
 
-    # The tensors must tile [0, data_size) exactly: walk them in offset order.
-    covered, owner, tiled = 0, "", True
-    for begin, end, name, _ in sound:
-        if begin < covered and end > begin:
-            problem("overlap", f"tensor {name}: bytes [{begin}, {end}) overlap tensor {owner} (ends at {covered})", name)
-            tiled = False
-        elif begin > covered:
-            problem("bad-header", f"tensor {name}: {begin - covered} unused bytes before its data_offsets begin {begin}", name)
-            tiled = False
-        if end > covered:
-            covered, owner = end, name
+    # A file cut short: the entries tile [0, declared end) exactly, but the data area stops early.
     beyond = [name for _, end, name, _ in sound if end > data_size]
-    if beyond and tiled:
+    if beyond and _tiles(sound):
+        declared = data_start + max(end for _, end, _, _ in sound)
         problem(
             "truncated",
-            f"file is {file_size} bytes but its header declares {data_start + covered}: "
+            f"file is {file_size} bytes but its header declares {declared}: "
             f"{len(beyond)} tensors (from {beyond[0]}) lie past the end",
             beyond[0],
         )
     else:
         for name in beyond:
             problem("offset-out-of-file", f"tensor {name}: data ends beyond the data area of {max(data_size, 0)} bytes", name)
-    if covered < data_size:
+    sound = [item for item in sound if item[1] <= data_size]
+
+    # Inside the file the tensors must tile [0, data_size) exactly: no overlap, no gap, no trailing bytes.
+    covered, owner = 0, ""
+    for begin, end, name, _ in sound:
+        if begin < covered and end > begin:
+            problem("overlap", f"tensor {name}: bytes [{begin}, {end}) overlap tensor {owner} (ends at {covered})", name)
+        elif begin > covered and not rejected and not beyond:
+            problem("bad-header", f"tensor {name}: {begin - covered} unused bytes before its data_offsets begin {begin}", name)
+        if end > covered:
+            covered, owner = end, name
+    if covered < data_size and not rejected and not beyond:
         problem(
             "truncated",
             f"data area is {data_size} bytes but the tensors cover {covered}: {data_size - covered} trailing bytes "
             "(a header that lost entries, or an appended file)",
         )
-    sound = [item for item in sound if item[1] <= data_size]
 
     for begin, end, name, entry in sound:
         result.tensors[name] = TensorInfo(
@@ -148,6 +155,16 @@ def parse_header(header: bytes, *, file: str, file_size: int) -> SafetensorsHead
             nbytes=end - begin,
         )
     return result
+
+
+def _tiles(sound: list[tuple[int, int, str, dict]]) -> bool:
+    """Do the (sorted) byte ranges follow each other from 0 with no gap and no overlap?"""
+    covered = 0
+    for begin, end, _, _ in sound:
+        if begin != covered and not (begin == end and begin <= covered):
+            return False
+        covered = max(covered, end)
+    return True
 
 
 def read_header(path: str | os.PathLike, *, file: str | None = None) -> SafetensorsHeader:
@@ -208,7 +225,9 @@ def _safe_shard_name(name: str) -> bool:
 def parse_index(text: bytes | str, *, file: str) -> ShardIndex:
     """Validate an index's JSON (pure). Entries naming unsafe shard paths are dropped with a problem."""
     index = ShardIndex(file=file)
-    bad = lambda detail, key=None: index.problems.append(IntegrityProblem("bad-index", file, detail, key))  # noqa: E731
+    bad = lambda detail, key=None: index.problems.append(  # noqa: E731
+        IntegrityProblem("bad-index", file, printable(detail), None if key is None else printable(key))
+    )
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
@@ -229,7 +248,10 @@ def parse_index(text: bytes | str, *, file: str) -> ShardIndex:
     elif metadata is not None:
         bad(f"metadata is {_brief(metadata)}, expected an object")
     for key, shard in weight_map.items():
-        if not isinstance(shard, str) or not _safe_shard_name(shard):
+        if not key.isprintable():
+            bad(f"key {key}: name contains control characters", key)
+            continue
+        if not isinstance(shard, str) or not _safe_shard_name(shard) or not shard.isprintable():
             bad(f"key {key}: shard {shard!r} is not a relative file name inside the checkpoint", key)
             continue
         index.weight_map[key] = shard
@@ -297,7 +319,12 @@ def reconcile_index(
                 f"metadata total_size is {declared_total} bytes but the indexed tensors hold {total_bytes}",
             )
         )
-    return problems
+    return [IntegrityProblem(p.kind, printable(p.file), printable(p.detail), p.key) for p in problems]
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped, so that names from a file never break a one-line message."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _brief(value: Any) -> str:

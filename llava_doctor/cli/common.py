@@ -13,7 +13,7 @@ from ..config import Settings, load_settings
 from ..findings import InputError, Report, Severity
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
-FORMATS = ("text", "json", "junit", "sarif", "github")
+from ..config import FORMATS
 
 
 def _split_codes(values: tuple[str, ...]) -> tuple[str, ...] | None:

@@ -35,13 +35,6 @@ _LORA_EXCLUDED = ("mm_projector", "vision_tower", "vision_resampler", "lm_head")
 # --------------------------------------------------------------------------- key renamings (pure)
 
 
-def is_llm_key(key: str) -> bool:
-    """A key of the language model (incl. lm_head) in the core/original-LLaVA naming."""
-    if key.startswith("lm_head."):
-        return True
-    return key.startswith("model.") and not key.startswith((CORE_TOWER, "model.vision_tower.", CORE_PROJECTOR, CORE_NEWLINE, "model.vision_resampler."))
-
-
 def with_vision_model_level(tower_key: str) -> str:
     """CLIP/SigLIP 5.x key (``embeddings.…``) -> 4.x key (``vision_model.embeddings.…``); idempotent."""
     return tower_key if tower_key.startswith("vision_model.") else f"vision_model.{tower_key}"
@@ -58,6 +51,13 @@ def llava_original_key(key: str) -> str:
     return key
 
 
+def core_key(original_key: str) -> str:
+    """Inverse of `llava_original_key`: the key as the core model (transformers 5.x tower) names it."""
+    if original_key.startswith(CORE_TOWER):
+        return CORE_TOWER + without_vision_model_level(original_key[len(CORE_TOWER):])
+    return original_key
+
+
 def xtuner_key(key: str) -> str | None:
     """Core key -> XTuner LLaVAModel key, or None for what LLaVAModel has no place for (image_newline)."""
     if key.startswith(CORE_TOWER):
@@ -70,6 +70,15 @@ def xtuner_key(key: str) -> str | None:
         return None
     if key.startswith("model."):
         return "llm." + key
+    return None
+
+
+def core_key_from_xtuner(key: str) -> str | None:
+    """Inverse of `xtuner_key` for full (non-LoRA) keys."""
+    for prefix, core in (("visual_encoder.", CORE_TOWER), ("projector.model.", CORE_PROJECTOR), ("llm.", "")):
+        if key.startswith(prefix):
+            rest = key[len(prefix):]
+            return core + (without_vision_model_level(rest) if prefix == "visual_encoder." else rest)
     return None
 
 
@@ -139,7 +148,18 @@ def config_dict(model: Any, config: Any = None) -> dict[str, Any]:
         raise ValueError("no config: pass a model with .config or config=")
     if isinstance(config, Mapping):
         return json.loads(json.dumps(dict(config), default=str))
-    return json.loads(config.to_json_string(use_diff=False))
+    out = json.loads(config.to_json_string())  # use_diff, as save_pretrained writes it
+    dtype = _parameter_dtype(model)
+    if dtype and not out.get("dtype") and not out.get("torch_dtype"):
+        out["dtype"] = dtype
+    return out
+
+
+def _parameter_dtype(model: Any) -> str | None:
+    module = getattr(model, "module", model)
+    params = getattr(module, "parameters", None)
+    first = next(iter(params()), None) if callable(params) else None
+    return str(first.dtype).replace("torch.", "") if first is not None else None
 
 
 def legacy_config(config: Mapping[str, Any], *, architecture: str | None = None) -> dict[str, Any]:
@@ -205,9 +225,7 @@ def save_llava_original(model: Any, out_dir: str | os.PathLike, *, stage: str = 
     out.mkdir(parents=True, exist_ok=True)
     if stage == "lora":
         return _save_llava_lora(model, out, config=config)
-    cfg = config_dict(model, config)
-    architecture = cfg.get("architectures", [None])[0] if cfg.get("architectures") else type(getattr(model, "module", model)).__name__
-    write_json(out / "config.json", legacy_config(cfg, architecture=architecture))
+    cfg = write_llava_config(model, out, config=config)
     state = model_state(model)
     if stage == "pretrain":
         projector = {k: v for k, v in state.items() if k.startswith(CORE_PROJECTOR)}
@@ -220,6 +238,16 @@ def save_llava_original(model: Any, out_dir: str | os.PathLike, *, stage: str = 
     state = _drop_tied_head(rename(state, llava_original_key), cfg)
     write_tensors(state, out / ("model.safetensors" if safe else "pytorch_model.bin"), safe=safe)
     return out
+
+
+def write_llava_config(model: Any, out_dir: str | os.PathLike, *, config: Any = None) -> dict[str, Any]:
+    """``config.json`` as LLaVA's trainer writes it beside the weights (transformers 4.37 spelling); returns it."""
+    cfg = config_dict(model, config)
+    archs = cfg.get("architectures") or [type(getattr(model, "module", model)).__name__]
+    cfg = legacy_config(cfg, architecture=archs[0])
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(out_dir) / "config.json", cfg)
+    return cfg
 
 
 def llava_lora_targets(model: Any) -> list[str]:
@@ -252,8 +280,7 @@ def _save_llava_lora(model: Any, out: Path, *, config: Any) -> Path:
 
     peft_model = model if isinstance(model, PeftModel) else wrap_lora(model)
     base = peft_model.get_base_model()
-    cfg = config_dict(base, config)
-    write_json(out / "config.json", legacy_config(cfg, architecture=type(base).__name__))
+    write_llava_config(base, out, config=config)
     # LLaVA: get_peft_state_maybe_zero_3(..., bias) -> model.save_pretrained(state_dict=...)
     adapter_state = get_peft_model_state_dict(peft_model)
     peft_model.save_pretrained(str(out), state_dict=adapter_state, safe_serialization=True)
@@ -302,7 +329,9 @@ def hf_llava_config(core_config: Mapping[str, Any], vision_config: Mapping[str, 
     vision_type = vision_config.get("model_type", "clip_vision_model")
     vision = AutoConfig.for_model(vision_type, **vision_fields)
     select = core_config.get("mm_vision_select_feature", "patch")
+    patches = (vision.image_size // vision.patch_size) ** 2
     return LlavaConfig(
+        image_seq_length=patches if select == "patch" else patches + 1,
         vision_config=vision,
         text_config=text_config,
         image_token_index=image_token_index,

@@ -1,0 +1,115 @@
+"""LD208: vision-tower keys that another transformers major version reads as a random tower."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from llava_doctor.findings import Finding, Severity
+from llava_doctor.layout import LORA_PATTERN
+from llava_doctor.registry import Check, Context, Example
+
+from ._checkpoint_examples import checkpoint, clip_tower, hf_llava, hf_llava_config, original_llava, xtuner_pth
+
+TOWER_PREFIXES = {
+    "hf-llava": "vision_tower.",
+    "hf-llava-4x": "vision_tower.",
+    "hf-llava-memory": "model.vision_tower.",
+    "llava-original": "model.vision_tower.vision_tower.",
+    "xtuner": "visual_encoder.",
+}
+CONSUMERS = {  # who still reads the 4.x names
+    "hf-llava": "transformers < 5 (e.g. LLaVA's pin 4.37.2)",
+    "hf-llava-4x": "transformers < 5 (e.g. LLaVA's pin 4.37.2)",
+    "hf-llava-memory": "transformers < 5",
+    "llava-original": "original LLaVA / LLaVA-NeXT (transformers 4.37.2 CLIPVisionModel)",
+    "xtuner": "XTuner (transformers 4.x CLIPVisionModel)",
+}
+
+
+def _hf(vision_model: bool, version: str = "5.23.0"):
+    return lambda: checkpoint(hf_llava(vision_model=vision_model), config=hf_llava_config(transformers_version=version))
+
+
+def _mixed():
+    """4.x encoder keys, but embeddings and layer norms renamed to the 5.x style (a half-converted tower)."""
+    keys = {}
+    for key, shape in hf_llava(vision_model=True).items():
+        if key.startswith("vision_tower.vision_model.") and ".encoder." not in key:
+            key = key.replace("vision_tower.vision_model.", "vision_tower.", 1)
+        keys[key] = shape
+    return checkpoint(keys, config=hf_llava_config())
+
+
+def _original_5x():
+    keys = original_llava()
+    keys.update(clip_tower("model.vision_tower.vision_tower."))
+    return checkpoint(keys, config={"mm_vision_tower": "openai/clip-vit-large-patch14-336", "mm_hidden_size": 96,
+                                     "transformers_version": "5.23.0", "unfreeze_mm_vision_tower": True})
+
+
+class KeyLayoutVersion(Check):
+    code = "LD208"
+    title = "vision-tower key layout read as a random tower by another transformers version"
+    artifact = "Checkpoint"
+    severity = Severity.WARNING
+    rationale = """
+    transformers 5 removed the `vision_model.` level from CLIPVisionModel and SiglipVisionModel,
+    so checkpoints it writes name the tower `vision_tower.embeddings.*`, where every 4.x release
+    wrote `vision_tower.vision_model.embeddings.*`. transformers 5 converts both on load, but
+    transformers 4.x (LLaVA pins 4.37.2; XTuner and most serving stacks of that era too) does not:
+    loading a 5.x-saved Llava in 4.37 reports all 39 tower keys of a tiny model as missing and
+    unexpected (`Some weights of the model checkpoint ... were not used when initializing` /
+    `newly initialized`), prints only a warning, and runs with a randomly initialised vision
+    tower. A tower whose keys mix both styles (a half-done conversion) is partly re-initialised by
+    4.x.
+    """
+    fix = """
+    Load the checkpoint with transformers >= 5, or re-save it for 4.x consumers with the tower keys
+    renamed to the 4.x form (insert `vision_model.` after the tower prefix, e.g.
+    `vision_tower.embeddings.patch_embedding.weight` -> `vision_tower.vision_model.embeddings.patch_embedding.weight`);
+    for a mixed tower, rename the keys that lack `vision_model.` so the tower is uniform.
+    """
+    valid = (
+        Example("4.x keys written by 4.x", _hf(True, "4.45.2")),
+        Example("checkpoint without a tower", lambda: checkpoint(hf_llava(tower=False), config=hf_llava_config())),
+        Example("XTuner 4.x keys", lambda: checkpoint(xtuner_pth(visual_encoder=True), file="iter_1.pth")),
+    )
+    invalid = (
+        Example("5.x keys", _hf(False), count=1,
+                contains=("39 vision-tower keys", "vision_tower.embeddings.class_embedding", "transformers 5.23.0",
+                          "4.37.2")),
+        Example("mixed styles", _mixed, count=1, contains=("mixes", "7 of 39", "vision_tower.embeddings.class_embedding")),
+        Example("original LLaVA saved by transformers 5", _original_5x, count=1,
+                contains=("model.vision_tower.vision_tower.embeddings", "original LLaVA")),
+    )
+
+    def run(self, artifact, context: Context) -> Iterable[Finding]:
+        prefix = TOWER_PREFIXES.get(artifact.layout)
+        if prefix is None:
+            return
+        tower = sorted(k for k in artifact.tensors if k.startswith(prefix) and not LORA_PATTERN.search(k)
+                       and ".base_model." not in k and not k[len(prefix):].startswith("base_model."))
+        if not tower:
+            return
+        without = [k for k in tower if not k[len(prefix):].startswith("vision_model.")]
+        if not without:
+            return
+        config = artifact.config or {}
+        writer = config.get("transformers_version")
+        written = f" (config says transformers {writer})" if writer else ""
+        consumers = CONSUMERS[artifact.layout]
+        if len(without) < len(tower):
+            message = (f"vision tower mixes key styles: {len(without)} of {len(tower)} keys lack `vision_model.` "
+                       f"(e.g. {without[0]}){written}; {consumers} re-initialises those keys at random; "
+                       "expected one style")
+        else:
+            message = (f"{len(tower)} vision-tower keys use the transformers 5 style without `vision_model.` "
+                       f"(e.g. {without[0]}){written}; {consumers} silently re-initialises the whole tower at random; "
+                       f"expected {prefix}vision_model.* for 4.x consumers")
+        yield self.finding(
+            message,
+            artifact=artifact.name,
+            location=artifact.tensors[without[0]].file + ":" + without[0],
+            observed="5.x" if len(without) == len(tower) else "mixed",
+            expected="4.x" if len(without) == len(tower) else "uniform",
+            keys=len(without),
+        )

@@ -1,0 +1,166 @@
+"""DeepSpeed checkpoint directories (ZeRO-1/2/3), read from the `*model_states.pt` files only.
+
+Accepted paths: a run output dir with `latest` (content like ``global_step3``), one ``global_stepN``
+dir (or any dir holding ``*model_states.pt``, e.g. XTuner's ``iter_N.pth/``), or an HF Trainer
+``checkpoint-N`` dir holding ``global_stepN``. The optimizer files need DeepSpeed's own classes to
+unpickle and are never opened; they are only listed.
+
+The Checkpoint's tensors are the consolidated full weights when the directory holds them
+(``save_16bit_model`` / ``zero_to_fp32`` output / Trainer's gathered save), otherwise the
+``module`` entries of the model states (zero-size parameters under stage 3, which is expected:
+the real shapes are in ``DeepSpeedInfo.param_shapes`` / ``frozen_param_shapes``).
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping
+
+from .checkpoint import Checkpoint, DeepSpeedInfo, IntegrityProblem
+from .readers import GLOBAL_STEP, MODEL_STATES, _Builder, _list_dirs, _list_files, _read_small, open_weights_in, read_json_object
+from .torch_format import load_checked, tensor_table, unwrap_state_dict, _zip_records
+
+MAX_TAG_BYTES = 4096
+
+
+def _step_number(tag: str) -> int:
+    match = re.search(r"(\d+)$", tag)
+    return int(match.group(1)) if match else -1
+
+
+def _find_tag(path: str, files: dict[str, int], builder: _Builder) -> str | None:
+    """The tag folder (relative to `path`; "" when `path` is the tag folder itself)."""
+    if any(MODEL_STATES.match(f) for f in files):
+        return ""
+    candidates = [d for d in _list_dirs(path) if any(MODEL_STATES.match(f) for f in _list_files(os.path.join(path, d)))]
+    if "latest" in files:
+        data = _read_small(os.path.join(path, "latest"), "latest", builder.integrity)
+        tag = data[:MAX_TAG_BYTES].decode("utf-8", "replace").strip() if data is not None else ""
+        if tag in candidates:
+            return tag
+        fallback = max(candidates, key=_step_number) if candidates else None
+        builder.integrity.append(
+            IntegrityProblem(
+                "missing-shard", "latest",
+                f"latest names tag {tag[:80]!r} but no such folder with *model_states.pt exists"
+                + (f"; reading {fallback} instead" if fallback else ""),
+            )
+        )
+        return fallback
+    steps = [d for d in candidates if GLOBAL_STEP.match(d)] or candidates
+    return max(steps, key=_step_number) if steps else None
+
+
+def _shapes(value: Any) -> dict[str, tuple[int, ...]]:
+    """`param_shapes` is a list of per-group {name: torch.Size}; `frozen_param_shapes` one mapping."""
+    groups = value if isinstance(value, (list, tuple)) else [value]
+    merged: dict[str, tuple[int, ...]] = {}
+    for group in groups:
+        if isinstance(group, Mapping):
+            for name, shape in group.items():
+                try:
+                    merged[str(name)] = tuple(int(d) for d in shape)
+                except (TypeError, ValueError):
+                    continue
+    return merged
+
+
+def _stage(ds_config: Any, model_state_files: list[str]) -> int | None:
+    if isinstance(ds_config, Mapping):
+        zero = ds_config.get("zero_optimization")
+        if isinstance(zero, Mapping) and isinstance(zero.get("stage"), int):
+            return int(zero["stage"])
+    if any(os.path.basename(f).startswith("zero_pp_rank_") for f in model_state_files):
+        return 3
+    return 2 if model_state_files else None
+
+
+def open_deepspeed_dir(path: str, name: str, files: dict[str, int]) -> Checkpoint:
+    builder = _Builder(root=path, name=name)
+    for base, size in files.items():
+        builder.add_file(base, size)
+    config = adapter_config = None
+    if "config.json" in files:
+        config = read_json_object(os.path.join(path, "config.json"), "config.json", builder.integrity)
+    if "adapter_config.json" in files:
+        adapter_config = read_json_object(os.path.join(path, "adapter_config.json"), "adapter_config.json", builder.integrity)
+
+    tag = _find_tag(path, files, builder)
+    info = DeepSpeedInfo(
+        stage=None, tag=tag or "", world_size=None, model_state_files=[], param_shapes={}, frozen_param_shapes={},
+        buffer_names=[], ds_config=None, ds_version=None, consolidated=[],
+    )
+    module_tensors: dict = {}
+    if tag is not None:
+        tag_dir = os.path.join(path, tag) if tag else path
+        prefix = f"{tag}/" if tag else ""
+        tag_files = _list_files(tag_dir)
+        if tag:
+            for base, size in tag_files.items():
+                builder.add_file(prefix + base, size)
+        info.tag = tag or os.path.basename(os.path.normpath(path))
+        info.model_state_files = [prefix + f for f in sorted(tag_files, key=_rank_order) if MODEL_STATES.match(f)]
+        module_tensors = _read_model_states(builder, info)
+    consolidated = _read_consolidated(builder)
+    info.consolidated = consolidated
+    if not consolidated and module_tensors:
+        builder.add_tensors(module_tensors)
+    checkpoint = builder.build(config=config, adapter_config=adapter_config, fmt="deepspeed")
+    checkpoint.deepspeed = info
+    return checkpoint
+
+
+def _rank_order(name: str) -> tuple[int, str]:
+    match = re.match(r"zero_pp_rank_(\d+)_", name)
+    return (int(match.group(1)) if match else 0, name)
+
+
+def _read_model_states(builder: _Builder, info: DeepSpeedInfo) -> dict:
+    """Load rank 0's model states (after checking every rank's globals); fill `info`; return module tensors."""
+    first = None
+    for rel in info.model_state_files:
+        contents = load_checked(os.path.join(builder.root, rel), file=rel)
+        builder.integrity.extend(contents.problems)
+        if contents.unsafe is not None:
+            builder.unsafe.append(contents.unsafe)
+        if first is None and not contents.failed:
+            first = (rel, contents.raw)
+    if first is None:
+        return {}
+    rel, raw = first
+    if not isinstance(raw, Mapping):
+        builder.integrity.append(IntegrityProblem("unreadable", rel, f"holds a {type(raw).__name__}, expected DeepSpeed's model-states dict"))
+        return {}
+    info.param_shapes = _shapes(raw.get("param_shapes"))
+    info.frozen_param_shapes = _shapes(raw.get("frozen_param_shapes"))
+    info.buffer_names = [str(b) for b in raw.get("buffer_names") or []]
+    info.ds_config = raw.get("ds_config") if isinstance(raw.get("ds_config"), Mapping) else None
+    info.ds_version = str(raw["ds_version"]) if raw.get("ds_version") is not None else None
+    world = raw.get("dp_world_size")
+    info.world_size = int(world) if isinstance(world, int) else None
+    info.stage = _stage(info.ds_config, info.model_state_files)
+    state, _ = unwrap_state_dict({"module": raw.get("module")} if isinstance(raw.get("module"), Mapping) else {})
+    if state is None:
+        return {}
+    try:
+        _, records, little = _zip_records(os.path.join(builder.root, rel))
+    except Exception:
+        records, little = None, False
+    tensors, _ = tensor_table(state, file=rel, records=records if little else None)
+    loaded = {k: v for k, v in state.items() if k in tensors}
+    builder.loaders[rel] = lambda t: loaded[t.name]
+    return tensors
+
+
+def _read_consolidated(builder: _Builder) -> list[str]:
+    """Full weights saved beside the DeepSpeed tag (top level, or a sub-folder such as save_16bit_model's)."""
+    if not open_weights_in(builder, ""):
+        for sub in _list_dirs(builder.root):
+            if GLOBAL_STEP.match(sub) or any(MODEL_STATES.match(f) for f in _list_files(os.path.join(builder.root, sub))):
+                continue
+            if open_weights_in(builder, sub):
+                break
+    found = {t.file for t in builder.tensors.values()}
+    if "index" in builder.notes:
+        found.add(builder.notes["index"]["file"])
+    return sorted(found)

@@ -1,0 +1,246 @@
+"""The bundled LLaVA model: transformers' Llama/Qwen2 causal LMs with LLaVA's multimodal parts.
+
+The module tree is haotian-liu/LLaVA's (``LlavaLlamaForCausalLM.model`` is the LLM body that also
+holds ``vision_tower``, ``mm_projector`` and, for ``*unpad*`` merge types, ``image_newline``), so
+``state_dict()`` keys are exactly the original layout::
+
+    model.embed_tokens.weight, model.layers.{i}.*, model.norm.weight, lm_head.weight,
+    model.mm_projector.{0,2}.{weight,bias}, model.vision_tower.vision_tower.<CLIP/SigLIP keys>
+
+Images enter through ``forward(..., images=)``: every ``<image>`` id (``config.image_token_index``)
+in ``input_ids`` is replaced by the projected patch features, labels get -100 there, and the
+batch is re-padded on the right. One image per sample; a sample without ``<image>`` is text-only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaModel, LlamaPreTrainedModel
+from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM, Qwen2Model, Qwen2PreTrainedModel
+
+from .configs import LlavaLlamaConfig, LlavaQwenConfig, prepare_vision_tower, tiny_config
+from .data import IGNORE_INDEX, image_to_tensor, prompt_ids
+from .projector import build_projector
+from .vision import VisionTower
+
+
+class LlavaMetaModel:
+    """Mixin for the LLM body: builds the vision tower, projector and image_newline from the config."""
+
+    def init_multimodal(self, config) -> None:
+        if not getattr(config, "mm_vision_tower", None):
+            return
+        self.vision_tower = VisionTower(config.mm_vision_tower, config, delay_load=getattr(config, "delay_load", False))
+        self.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, config.hidden_size)
+        if "unpad" in (getattr(config, "mm_patch_merge_type", None) or ""):
+            # LLaVA-NeXT's initialize_vision_modules draws it with std 1/sqrt(hidden)
+            self.image_newline = nn.Parameter(torch.randn(config.hidden_size) / math.sqrt(config.hidden_size))
+
+    def get_vision_tower(self) -> VisionTower | None:
+        return getattr(self, "vision_tower", None)
+
+
+class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
+    config_class = LlavaLlamaConfig
+
+    def __init__(self, config):
+        LlamaModel.__init__(self, config)
+        self.init_multimodal(config)
+
+
+class LlavaQwenModel(LlavaMetaModel, Qwen2Model):
+    config_class = LlavaQwenConfig
+
+    def __init__(self, config):
+        Qwen2Model.__init__(self, config)
+        self.init_multimodal(config)
+
+
+class LlavaMetaForCausalLM:
+    """The image splice and the multimodal forward shared by both LLM families."""
+
+    def get_model(self):
+        return self.model
+
+    def get_vision_tower(self) -> VisionTower | None:
+        return self.model.get_vision_tower()
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, P, hidden): tower features, projected (+ image_newline when present)."""
+        features = self.get_vision_tower()(images)
+        projector = self.model.mm_projector
+        projector_param = next(projector.parameters(), None)
+        if projector_param is not None:  # bf16 projector on fp32 features: cast like LLaVA's .to(dtype)
+            features = features.to(projector_param.dtype)
+        features = projector(features)
+        newline = getattr(self.model, "image_newline", None)
+        if newline is not None:
+            features = torch.cat([features, newline.to(features.dtype).expand(features.shape[0], 1, -1)], dim=1)
+        return features
+
+    def prepare_multimodal_inputs(self, input_ids, attention_mask, labels, images):
+        """Splice image features into the embeddings; returns (inputs_embeds, attention_mask, position_ids, labels)."""
+        image_token = self.config.image_token_index
+        features = self.encode_images(images)
+        embed = self.get_model().embed_tokens
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        rows_embeds, rows_labels = [], []
+        for row in range(input_ids.shape[0]):
+            keep = attention_mask[row].bool()
+            ids = input_ids[row][keep]
+            row_labels = labels[row][keep] if labels is not None else torch.full_like(ids, IGNORE_INDEX)
+            positions = (ids == image_token).nonzero().flatten().tolist()
+            if len(positions) > 1 or row >= features.shape[0] and positions:
+                raise ValueError(
+                    f"Image features and image tokens do not match: tokens: {len(positions)}, features: "
+                    f"{1 if row < features.shape[0] else 0} (sample {row})"
+                )
+            if not positions:  # text-only sample: keep the image path in the graph with an empty slice
+                rows_embeds.append(torch.cat([embed(ids), features[0][:0]]))
+                rows_labels.append(row_labels)
+                continue
+            at = positions[0]
+            image_features = features[row]
+            rows_embeds.append(torch.cat([embed(ids[:at]), image_features, embed(ids[at + 1 :])]))
+            image_labels = torch.full((image_features.shape[0],), IGNORE_INDEX, dtype=row_labels.dtype, device=ids.device)
+            rows_labels.append(torch.cat([row_labels[:at], image_labels, row_labels[at + 1 :]]))
+        limit = getattr(self.config, "tokenizer_model_max_length", None)
+        if limit:
+            rows_embeds = [e[:limit] for e in rows_embeds]
+            rows_labels = [lab[:limit] for lab in rows_labels]
+        longest = max(e.shape[0] for e in rows_embeds)
+        batch, hidden = len(rows_embeds), rows_embeds[0].shape[1]
+        device, dtype = rows_embeds[0].device, rows_embeds[0].dtype
+        new_embeds = torch.zeros(batch, longest, hidden, dtype=dtype, device=device)
+        new_labels = torch.full((batch, longest), IGNORE_INDEX, dtype=torch.long, device=device)
+        new_mask = torch.zeros(batch, longest, dtype=attention_mask.dtype, device=device)
+        position_ids = torch.zeros(batch, longest, dtype=torch.long, device=device)
+        for row, (row_embeds, row_labels) in enumerate(zip(rows_embeds, rows_labels)):
+            length = row_embeds.shape[0]
+            new_embeds[row, :length] = row_embeds
+            new_labels[row, :length] = row_labels
+            new_mask[row, :length] = 1
+            position_ids[row, :length] = torch.arange(length, device=device)
+        return new_embeds, new_mask, position_ids, (new_labels if labels is not None else None)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        images=None,
+        logits_to_keep=0,
+        **kwargs,
+    ):
+        if inputs_embeds is None and images is not None and self.get_vision_tower() is not None:
+            inputs_embeds, attention_mask, position_ids, labels = self.prepare_multimodal_inputs(
+                input_ids, attention_mask, labels, images
+            )
+            input_ids = None
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+
+class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
+    config_class = LlavaLlamaConfig
+
+    def __init__(self, config):
+        LlamaPreTrainedModel.__init__(self, config)
+        self.model = LlavaLlamaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+
+class LlavaQwenForCausalLM(LlavaMetaForCausalLM, Qwen2ForCausalLM):
+    config_class = LlavaQwenConfig
+
+    def __init__(self, config):
+        Qwen2PreTrainedModel.__init__(self, config)
+        self.model = LlavaQwenModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+
+LlavaQwen2ForCausalLM = LlavaQwenForCausalLM
+MODEL_CLASSES = {"llama": LlavaLlamaForCausalLM, "qwen2": LlavaQwenForCausalLM}
+
+for _config_class, _model_class in ((LlavaLlamaConfig, LlavaLlamaForCausalLM), (LlavaQwenConfig, LlavaQwenForCausalLM)):
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    AutoModelForCausalLM.register(_config_class, _model_class, exist_ok=True)
+
+
+def model_class_for(config) -> type:
+    return LlavaQwenForCausalLM if isinstance(config, LlavaQwenConfig) else LlavaLlamaForCausalLM
+
+
+def build_model(config, seed: int = 0):
+    """Construct the model from `config` with a fixed seed (the tower's weights come from its folder)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return model_class_for(config)(config)
+
+
+def build_tiny_model(root: str | Path, llm: str = "llama", vision: str = "clip", projector: str = "mlp2x_gelu", *, seed: int = 0, tower_seed: int = 0, **config_kwargs):
+    """Write the base tower under `root` (once) and build a tiny model on it: the usual entry point."""
+    tower = prepare_vision_tower(root, vision, seed=tower_seed, **config_kwargs.pop("vision_kwargs", {}) or {})
+    config = tiny_config(llm, vision, projector, vision_tower=tower, **config_kwargs)
+    return build_model(config, seed=seed)
+
+
+@dataclass
+class GenerationResult:
+    prompt_ids: list[int]
+    token_ids: list[int]  # the generated ids only
+    text: str  # decoded generated ids, special tokens skipped
+    all_logits_finite: bool
+
+
+@torch.no_grad()
+def generate_greedy(model, tokenizer, image: Any, prompt: str, max_new_tokens: int = 16) -> GenerationResult:
+    """Greedy decoding of the answer to `prompt` about `image` ((H, W, 3) uint8 or (3, H, W) tensor).
+
+    Full re-encoding each step (no KV cache): the model is tiny and this keeps the image splice
+    identical to training. argmax over NaN logits yields id 0, as real greedy decoding does.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        images = image if isinstance(image, torch.Tensor) else image_to_tensor(image)
+        images = images.unsqueeze(0) if images.dim() == 3 else images
+        ids = prompt_ids(tokenizer, prompt, with_image=True)
+        generated: list[int] = []
+        finite = True
+        for _ in range(max_new_tokens):
+            input_ids = torch.tensor([ids + generated])
+            logits = model(input_ids=input_ids, images=images.to(model.dtype)).logits[0, -1].float()
+            finite = finite and bool(torch.isfinite(logits).all())
+            next_id = int(torch.argmax(logits))
+            generated.append(next_id)
+            if next_id == tokenizer.eos_token_id:
+                break
+        text = tokenizer.decode(generated, skip_special_tokens=True)
+        return GenerationResult(prompt_ids=ids, token_ids=generated, text=text.strip(), all_logits_finite=finite)
+    finally:
+        model.train(was_training)

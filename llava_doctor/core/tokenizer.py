@@ -1,0 +1,99 @@
+"""The small BPE tokenizer the project ships for its bundled model (no hub, no download).
+
+Llama-like: a SentencePiece-style ``Metaspace`` pre-tokenizer (``▁`` marks a word start), BPE
+merges learnt from the embedded dataset's text, ``<s>`` prepended by the post-processor, and
+the specials ``<unk>`` ``<s>`` ``</s>`` ``<pad>`` ``<image>`` at ids 0-4.
+
+The files live in ``llava_doctor/core/assets/tokenizer/`` (package data, so a wheel carries
+them) and are mirrored in ``fixtures/tokenizer/`` of the source tree; both are written by
+``fixtures/build_tokenizer.py`` and a test keeps them identical and reproducible.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
+VOCAB_SIZE = 320
+ASSET_DIR = Path(__file__).resolve().parent / "assets" / "tokenizer"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def tokenizer_corpus() -> list[str]:
+    """Rendered conversations of a fixed sample set plus every question/answer for every combination."""
+    from .data import QUESTIONS, SYSTEM_PROMPT, build_samples, corpus_lines
+    from .images import COLORS, POSITIONS, SHAPES
+
+    lines = corpus_lines(build_samples(200, seed=0, prefix="tok"))
+    for (shape, color, position), (question, answer) in itertools.product(
+        itertools.product(SHAPES, COLORS, POSITIONS), QUESTIONS.values()
+    ):
+        lines.append(f"{SYSTEM_PROMPT} USER: {question} ASSISTANT: {answer.format(shape=shape, color=color, position=position)}")
+    return lines
+
+
+def train_tokenizer(lines: list[str], vocab_size: int = VOCAB_SIZE):
+    """A `tokenizers.Tokenizer` (BPE + Metaspace, BOS post-processor) trained on `lines`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False, min_frequency=1
+    )
+    tokenizer.train_from_iterator(lines, trainer=trainer)
+    bos = tokenizer.token_to_id("<s>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    return tokenizer
+
+
+def write_tokenizer(out_dir: str | Path, vocab_size: int = VOCAB_SIZE) -> Path:
+    """Train on the embedded corpus and save tokenizer.json + tokenizer_config.json + special_tokens_map.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(tokenizer_corpus(), vocab_size)
+    tokenizer.save(str(out_dir / "tokenizer.json"), pretty=True)
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **specials,
+        "additional_special_tokens": ["<image>"],
+        "model_max_length": 256,
+        "padding_side": "right",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    special_map = {**specials, "additional_special_tokens": ["<image>"]}
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def mirror_files(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(source / name, target / name)
+
+
+def tokenizer_dir() -> Path:
+    """The shipped tokenizer folder (package data; works from a checkout and from a wheel)."""
+    if not (ASSET_DIR / "tokenizer.json").is_file():
+        from .. import findings
+
+        raise findings.InputError(
+            f"the bundled tokenizer is missing from {ASSET_DIR}; regenerate it with `python fixtures/build_tokenizer.py`"
+        )
+    return ASSET_DIR
+
+
+def load_tokenizer(path: str | Path | None = None):
+    """The bundled tokenizer (or the one at `path`) as a transformers fast tokenizer, offline."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path or tokenizer_dir()), local_files_only=True)

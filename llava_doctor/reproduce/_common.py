@@ -1,0 +1,64 @@
+"""What the scenarios share: the tiny model on a base tower inside the output folder, data, quiet logs."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+TOWERS = "towers"  # the base vision tower(s) a scenario's config.json points at (mm_vision_tower)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence transformers' progress bars/load reports and DeepSpeed's banner while a scenario builds."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    ds_logger = logging.getLogger("DeepSpeed")
+    ds_level = ds_logger.level
+    ds_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+        ds_logger.setLevel(ds_level)
+
+
+def tiny_model(out: Path, *, seed: int = 0, **config_kwargs: Any):
+    """The bundled tiny LLaVA (Llama + CLIP) whose base tower lives in ``out/towers``."""
+    from ..core.model import build_tiny_model
+
+    return build_tiny_model(out / TOWERS, seed=seed, **config_kwargs)
+
+
+def tokenizer():
+    from ..core.tokenizer import load_tokenizer
+
+    return load_tokenizer()
+
+
+def shapes_dataset(tok, count: int = 64, seed: int = 0):
+    from ..core.data import ConversationDataset, build_samples
+
+    return ConversationDataset(build_samples(count, seed=seed), tok)
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: non-finite numbers are written as null (and named so in the facts)."""
+    return value if math.isfinite(value) else None
+
+
+def first_line(text: str, limit: int = 240) -> str:
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."

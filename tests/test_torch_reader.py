@@ -1,0 +1,116 @@
+"""`.bin/.pt/.pth`: globals listed from the opcodes, unsafe pickles never loaded, safe ones indexed."""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import pickletools
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from llava_doctor.artifacts.readers import open_checkpoint  # noqa: E402
+from llava_doctor.artifacts.torch_format import (  # noqa: E402
+    ALLOWED_GLOBALS,
+    disallowed,
+    read_torch_state_dict,
+    scan_pickle_globals,
+)
+
+
+def scan(data: bytes, **kw) -> tuple[str, ...]:
+    return scan_pickle_globals(io.BufferedReader(io.BytesIO(data)), **kw)
+
+
+class Touch:
+    """Unpickling this would create a file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_globals_from_opcodes_every_protocol(protocol, tmp_path):
+    data = pickle.dumps({"x": Touch(str(tmp_path / "pwned"))}, protocol=protocol)
+    assert disallowed(scan(data)) == ("io.open",)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_stack_global_through_the_memo():
+    """STACK_GLOBAL whose module/name strings come back from the memo (BINGET) is still resolved."""
+    data = pickle.dumps([os.system, os.system, pickle.loads], protocol=4)
+    ops = {op.name for op, _, _ in pickletools.genops(data)}
+    assert "STACK_GLOBAL" in ops
+    assert set(scan(data)) == {"posix.system", "_pickle.loads"}
+    # module and name pushed, memoized, then fetched again before STACK_GLOBAL
+    crafted = b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94h\x00h\x01\x93)R."
+    assert scan(crafted) == ("os.system",)
+
+
+def test_unresolvable_stack_global_is_never_allowed():
+    crafted = b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94N\x93."  # a None between the strings and STACK_GLOBAL
+    assert disallowed(scan(crafted)) == ("<unresolved STACK_GLOBAL>",)
+
+
+def test_legacy_format_walks_all_five_pickles(tmp_path):
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(2, 2)}, path, _use_new_zipfile_serialization=False)
+    with open(path, "rb") as fh:
+        found = scan_pickle_globals(io.BufferedReader(fh), max_pickles=5)
+    assert "torch._utils._rebuild_tensor_v2" in found and not disallowed(found)
+    contents = read_torch_state_dict(str(path), file="legacy.pt")
+    assert not contents.problems and contents.tensors["w"].offset is None  # no mmap for legacy files
+    assert torch.equal(contents.loader(contents.tensors["w"]), torch.ones(2, 2))
+
+
+def test_zip_offsets_and_views(tmp_path):
+    base = torch.arange(12, dtype=torch.float32)
+    state = {"a": base, "view": base[4:8], "t": base.reshape(3, 4).t(), "h": torch.ones(3, dtype=torch.bfloat16), "e": torch.zeros(0)}
+    path = tmp_path / "m.bin"
+    torch.save(state, path)
+    ckpt = open_checkpoint(path)
+    raw = path.read_bytes()
+    for key in ("a", "view", "h"):
+        info = ckpt.tensors[key]
+        assert raw[info.offset: info.offset + info.nbytes] == state[key].view(torch.uint8).numpy().tobytes(), key
+    assert ckpt.tensors["t"].offset is None  # not contiguous: reachable only through the loader
+    assert torch.equal(ckpt.load_tensor(ckpt.tensors["t"]), state["t"])
+    assert ckpt.tensors["h"].dtype == "BF16" and ckpt.tensors["e"].shape == (0,)
+
+
+@pytest.mark.parametrize("wrapper", ["state_dict", "module", "model"])
+def test_wrappers_are_unwrapped(tmp_path, wrapper):
+    path = tmp_path / "w.pth"
+    torch.save({wrapper: {"llm.lm_head.weight": torch.ones(2, 2), "step": 3}, "meta": {"epoch": 1}}, path)
+    ckpt = open_checkpoint(path)
+    assert set(ckpt.tensors) == {"llm.lm_head.weight"}
+    assert ckpt.notes["state_dict_wrappers"] == {"w.pth": wrapper}
+    assert ckpt.notes["non_tensor_entries"] == {"w.pth": 1}
+
+
+@pytest.mark.parametrize(
+    "payload,expected",
+    [
+        (lambda p: {"args": __import__("argparse").Namespace(lr=1)}, "argparse.Namespace"),
+        (lambda p: {"x": Touch(p)}, "io.open"),
+        (lambda p: {"rng": __import__("numpy").zeros(2)}, "numpy"),
+    ],
+    ids=["argparse", "file-creating-reduce", "numpy"],
+)
+def test_unsafe_torch_files_are_not_loaded(tmp_path, payload, expected):
+    target = tmp_path / "pwned"
+    path = tmp_path / "unsafe.pt"
+    torch.save({"w": torch.ones(1), **payload(str(target))}, path)
+    target.unlink(missing_ok=True)  # torch.save itself does not create it, but be explicit
+    ckpt = open_checkpoint(path)
+    assert len(ckpt.unsafe) == 1 and any(expected in g for g in ckpt.unsafe[0].globals)
+    assert ckpt.tensors == {} and not target.exists()
+
+
+def test_allow_list_is_small():
+    assert "argparse.Namespace" not in ALLOWED_GLOBALS and "builtins.eval" not in ALLOWED_GLOBALS
+    assert {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch.Size", "torch.FloatStorage"} <= ALLOWED_GLOBALS
