@@ -27,6 +27,7 @@ from .artifacts.checkpoint import Checkpoint, TensorInfo
 
 DEFAULT_BUFFER_BYTES = 4 << 20  # fits in L3 with the compute slice: measured ~2x faster warm than 16 MiB
 _COMPUTE_SLICE_BYTES = 1 << 20  # keep the mask temporary in cache
+READ_AHEAD_BYTES = 32 << 20
 SCAN_NOTE = "scan"
 
 
@@ -122,13 +123,41 @@ def _count_nonfinite(chunks: Iterable[np.ndarray], fmt: BitFormat) -> tuple[int,
     return nan, inf
 
 
-def _file_chunks(f: Any, buf: bytearray, info: TensorInfo, fmt: BitFormat) -> Iterator[np.ndarray]:
+class _ReadAhead:
+    """Asks the kernel to start reading the next window while this one is being checked.
+
+    Reading and checking alternate in one thread; without this the disk idles during every
+    check and a cold scan runs at a fraction of `dd` speed. WILLNEED starts asynchronous reads
+    into the page cache (not this process's memory).
+    """
+
+    def __init__(self, f: Any, window: int = READ_AHEAD_BYTES) -> None:
+        self.fd = f.fileno()
+        self.window = window
+        self.until = 0
+        self.enabled = hasattr(os, "posix_fadvise")
+
+    def at(self, position: int) -> None:
+        if not self.enabled or position + self.window // 2 < self.until:
+            return
+        start = max(position, self.until)
+        try:
+            os.posix_fadvise(self.fd, start, self.window, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            self.enabled = False
+        self.until = start + self.window
+
+
+def _file_chunks(f: Any, buf: bytearray, info: TensorInfo, fmt: BitFormat, ahead: _ReadAhead | None = None) -> Iterator[np.ndarray]:
     """The tensor's raw bits as uint arrays viewing the reused buffer (valid until the next chunk)."""
     view = memoryview(buf)
     remaining = int(info.nbytes or 0)
-    f.seek(int(info.offset or 0))
+    position = int(info.offset or 0)
+    f.seek(position)
     while remaining > 0:
         want = min(remaining, len(buf))
+        if ahead is not None:
+            ahead.at(position + want)
         got = f.readinto(view[:want])
         usable = got - got % np.dtype(fmt.uint).itemsize
         if not usable:
@@ -136,6 +165,7 @@ def _file_chunks(f: Any, buf: bytearray, info: TensorInfo, fmt: BitFormat) -> It
         if usable != got:  # a short read that split an element: re-read the split element next time
             f.seek(usable - got, os.SEEK_CUR)
         remaining -= usable
+        position += usable
         yield np.frombuffer(buf, dtype=fmt.uint, count=usable // np.dtype(fmt.uint).itemsize)
 
 
@@ -254,8 +284,9 @@ def scan_checkpoint(
                 continue
             with f:
                 _advise_sequential(f)
+                ahead = _ReadAhead(f)
                 for info, fmt in sorted(group, key=lambda p: p[0].offset or 0):
-                    _scan_one(result, info, fmt, lambda i=info, fm=fmt: _file_chunks(f, buf, i, fm), bar)
+                    _scan_one(result, info, fmt, lambda i=info, fm=fmt: _file_chunks(f, buf, i, fm, ahead), bar)
         for info, fmt in loaded:
             def chunks(i: TensorInfo = info, fm: BitFormat = fmt) -> Iterator[np.ndarray]:
                 return _tensor_chunks(checkpoint.load_tensor(i), fm, buffer_bytes)

@@ -480,6 +480,9 @@ def shape_issues(checkpoint: Checkpoint, *, use_schema: bool = True) -> tuple[li
     """Every disagreement (cheap rules first, then the meta-built schema for keys not yet reported), and notes."""
     issues = cheap_issues(checkpoint)
     notes: list[str] = []
+    problems = config_problems(checkpoint.config, checkpoint.config_kind or classify_config(checkpoint.config))
+    if problems:
+        return issues, ["config not usable: " + "; ".join(problems)]
     if use_schema and checkpoint.config:
         schema = build_schema(checkpoint)
         notes.extend(schema.notes)

@@ -142,7 +142,10 @@ def snapshot(root: Path) -> dict[str, tuple]:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
             if stat.S_ISREG(st.st_mode):
-                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                try:
+                    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                except PermissionError:  # the permission-denied input: size/mtime/mode still compared
+                    digest = None
                 out[path] = (digest, st.st_size, st.st_mtime_ns, st.st_mode)
             else:
                 out[path] = (None, None, None, st.st_mode)

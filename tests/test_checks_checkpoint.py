@@ -264,6 +264,7 @@ def test_ld203_garbage_config_is_a_warning_not_a_crash(llava_dir, tmp_path):
     found = findings(bad, "LD203")
     assert len(found) == 1 and "num_hidden_layers=1000000000" in found[0].message
     assert str(found[0].severity) == "warning"
+    assert messages(findings(bad, "LD203", options={"schema": False})) == messages(found)
 
 
 # ----------------------------------------------------------------------------- LD204 / LD205

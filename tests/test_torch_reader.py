@@ -114,3 +114,17 @@ def test_unsafe_torch_files_are_not_loaded(tmp_path, payload, expected):
 def test_allow_list_is_small():
     assert "argparse.Namespace" not in ALLOWED_GLOBALS and "builtins.eval" not in ALLOWED_GLOBALS
     assert {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch.Size", "torch.FloatStorage"} <= ALLOWED_GLOBALS
+
+
+def test_offsets_come_from_the_archive_not_from_guessing(tmp_path):
+    """Equal-sized tensors stored before the state dict (under `meta`) must not shift the offsets."""
+    earlier = {f"e{i}": torch.full((4,), float(i)) for i in range(3)}
+    state = {f"llm.w{i}": torch.full((4,), 10.0 + i) for i in range(3)}
+    path = tmp_path / "x.pth"
+    torch.save({"meta": earlier, "state_dict": state}, path)
+    ckpt = open_checkpoint(path)
+    raw = path.read_bytes()
+    for key, value in state.items():
+        info = ckpt.tensors[key]
+        assert raw[info.offset: info.offset + info.nbytes] == value.numpy().tobytes(), key
+        assert torch.equal(ckpt.load_tensor(info), value)

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from .checkpoint import Checkpoint, DeepSpeedInfo, IntegrityProblem
 from .readers import GLOBAL_STEP, MODEL_STATES, _Builder, _list_dirs, _list_files, _read_small, open_weights_in, read_json_object
-from .torch_format import load_checked, tensor_table, unwrap_state_dict, _zip_records
+from .torch_format import lazy_loader, load_checked, tensor_table
 
 MAX_TAG_BYTES = 4096
 
@@ -119,15 +119,15 @@ def _read_model_states(builder: _Builder, info: DeepSpeedInfo) -> dict:
     """Load rank 0's model states (after checking every rank's globals); fill `info`; return module tensors."""
     first = None
     for rel in info.model_state_files:
-        contents = load_checked(os.path.join(builder.root, rel), file=rel)
+        contents = load_checked(os.path.join(builder.root, rel), file=rel, metadata_only=True)
         builder.integrity.extend(contents.problems)
         if contents.unsafe is not None:
             builder.unsafe.append(contents.unsafe)
         if first is None and not contents.failed:
-            first = (rel, contents.raw)
+            first = (rel, contents.raw, contents.is_zip)
     if first is None:
         return {}
-    rel, raw = first
+    rel, raw, is_zip = first
     if not isinstance(raw, Mapping):
         builder.integrity.append(IntegrityProblem("unreadable", rel, f"holds a {type(raw).__name__}, expected DeepSpeed's model-states dict"))
         return {}
@@ -139,16 +139,15 @@ def _read_model_states(builder: _Builder, info: DeepSpeedInfo) -> dict:
     world = raw.get("dp_world_size")
     info.world_size = int(world) if isinstance(world, int) else None
     info.stage = _stage(info.ds_config, info.model_state_files)
-    state, _ = unwrap_state_dict({"module": raw.get("module")} if isinstance(raw.get("module"), Mapping) else {})
-    if state is None:
+    module = raw.get("module")
+    if not isinstance(module, Mapping):
         return {}
-    try:
-        _, records, little = _zip_records(os.path.join(builder.root, rel))
-    except Exception:
-        records, little = None, False
-    tensors, _ = tensor_table(state, file=rel, records=records if little else None)
-    loaded = {k: v for k, v in state.items() if k in tensors}
-    builder.loaders[rel] = lambda t: loaded[t.name]
+    path = os.path.join(builder.root, rel)
+    tensors, _ = tensor_table(module, file=rel, file_size=os.path.getsize(path))
+    if is_zip:
+        builder.loaders[rel] = lazy_loader(path, "module")
+    else:
+        builder.loaders[rel] = lambda t: module[t.name]
     return tensors
 
 

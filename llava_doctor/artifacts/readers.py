@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .. import layout as layouts
 from ..findings import InputError
-from .checkpoint import Checkpoint, CheckpointFile, IntegrityProblem, TensorInfo, UnsafePickle
+from .checkpoint import DTYPE_SIZES, Checkpoint, CheckpointFile, IntegrityProblem, TensorInfo, UnsafePickle
 from .safetensors_format import parse_index, read_header, reconcile_index
 
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -286,8 +286,6 @@ def _dispatching_loader(loaders: dict[str, Callable[[TensorInfo], Any]]) -> Call
 
 
 def _itemsize(dtype: str) -> int:
-    from .checkpoint import DTYPE_SIZES
-
     return DTYPE_SIZES.get(dtype, 0)
 
 

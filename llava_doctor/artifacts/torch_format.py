@@ -4,19 +4,21 @@ Order of operations for every file:
 1. list every global the pickle would import (opcode walk with ``pickletools.genops``; for zip
    archives also ``torch.serialization.get_unsafe_globals_in_checkpoint``);
 2. if any is outside :data:`ALLOWED_GLOBALS`, record an :class:`UnsafePickle` and stop;
-3. otherwise ``torch.load(weights_only=True, map_location="cpu")``, memory-mapped for zip archives;
+3. otherwise ``torch.load(weights_only=True)``: a zip archive onto the meta device (no tensor data
+   is read; torch records each storage's file offset), a legacy file into memory;
 4. unwrap the usual containers (``state_dict`` / ``module`` / ``model``) and index the tensors,
-   with raw byte offsets when the tensor's bytes lie contiguously in a STORED zip record.
+   with raw byte offsets for contiguous tensors of little-endian zip archives; the data of any
+   tensor is available through a loader that memory-maps the archive on first use.
 
 torch is imported lazily, only when a file is actually loaded.
 """
 from __future__ import annotations
 
 import io
+import os
 import pickletools
-import struct
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping
 
 from .checkpoint import IntegrityProblem, TensorInfo, UnsafePickle
@@ -129,31 +131,15 @@ class TorchContents:
     wrapper: str = ""  # e.g. "state_dict" when the tensors were found under that key
     skipped: int = 0  # non-tensor values in the state dict
     failed: bool = False
+    is_zip: bool = False
     raw: Any = None  # the loaded object (only for callers that need the non-tensor entries)
 
 
-def _zip_records(path: str) -> tuple[str, dict[str, tuple[int, int]], bool]:
-    """(pickle member name, {storage key: (absolute data start, size)} for STORED records, little-endian?)."""
-    records: dict[str, tuple[int, int]] = {}
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as fh:
-        infos = archive.infolist()
-        pickles = [i.filename for i in infos if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
-        if len(pickles) != 1:
-            raise zipfile.BadZipFile(f"expected one data.pkl record, found {len(pickles)}")
-        prefix = pickles[0][: -len("data.pkl")]
-        little = True
-        for info in infos:
-            if info.filename == f"{prefix}byteorder":
-                little = archive.read(info).strip() == b"little"
-            if not info.filename.startswith(f"{prefix}data/") or info.compress_type != zipfile.ZIP_STORED:
-                continue
-            fh.seek(info.header_offset)
-            local = fh.read(30)
-            if len(local) < 30 or local[:4] != b"PK\x03\x04":
-                continue
-            name_len, extra_len = struct.unpack("<HH", local[26:30])
-            records[info.filename[len(f"{prefix}data/"):]] = (info.header_offset + 30 + name_len + extra_len, info.file_size)
-    return pickles[0], records, little
+def _zip_is_little_endian(path: str) -> bool:
+    """torch byte-swaps records of a big-endian archive on load; their raw bytes are then not addressable."""
+    with zipfile.ZipFile(path) as archive:
+        orders = [n for n in archive.namelist() if n.endswith("/byteorder") or n == "byteorder"]
+        return not orders or archive.read(orders[0]).strip() == b"little"
 
 
 def inspect_globals(path: str) -> tuple[tuple[str, ...], bool]:
@@ -179,8 +165,12 @@ def inspect_globals(path: str) -> tuple[tuple[str, ...], bool]:
         return scan_pickle_globals(io.BufferedReader(fh), max_pickles=_LEGACY_PICKLES), False
 
 
-def load_checked(path: str, *, file: str) -> TorchContents:
-    """Check a torch file's globals, then load it with weights_only=True; `raw` holds the object."""
+def load_checked(path: str, *, file: str, metadata_only: bool = False) -> TorchContents:
+    """Check a torch file's globals, then load it with weights_only=True; `raw` holds the object.
+
+    With `metadata_only`, a zip archive is loaded onto the meta device: no tensor data is read, and
+    torch records each storage's absolute file offset in ``storage._checkpoint_offset``.
+    """
     contents = TorchContents()
     fail = lambda kind, detail: (contents.problems.append(IntegrityProblem(kind, file, detail)), setattr(contents, "failed", True))  # noqa: E731
     try:
@@ -206,12 +196,16 @@ def load_checked(path: str, *, file: str) -> TorchContents:
     import torch
 
     try:
-        obj = torch.load(path, weights_only=True, mmap=is_zip, map_location="cpu")
+        if is_zip and metadata_only:
+            obj = torch.load(path, weights_only=True, map_location="meta")
+        else:
+            obj = torch.load(path, weights_only=True, mmap=is_zip, map_location="cpu")
     except Exception as exc:  # truncated data records, bad magic number, a storage past the end...
         first = " ".join(str(exc).split())[:200] or type(exc).__name__
         fail("truncated" if "central directory" in first or "truncated" in first or "unexpected EOF" in first else "unreadable", f"torch.load(weights_only=True) failed: {first}")
         return contents
     contents.raw = obj
+    contents.is_zip = is_zip
     return contents
 
 
@@ -233,82 +227,73 @@ def unwrap_state_dict(obj: Any) -> tuple[Mapping[str, Any] | None, str]:
     return None, ".".join(path)
 
 
-def tensor_table(
-    state: Mapping[str, Any], *, file: str, records: dict[str, tuple[int, int]] | None = None
-) -> tuple[dict[str, TensorInfo], int]:
-    """TensorInfo for every tensor value (non-tensors are counted, not indexed). Offsets when `records` allow."""
+def tensor_table(state: Mapping[str, Any], *, file: str, file_size: int | None = None) -> tuple[dict[str, TensorInfo], int]:
+    """TensorInfo for every tensor value (non-tensors are counted, not indexed).
+
+    Tensors from a meta-device load carry their storage's file offset; a contiguous one gets
+    `offset`/`nbytes` (checked against `file_size`), others are reachable only through a loader.
+    """
     import torch
 
     tensors = {k: v for k, v in state.items() if isinstance(k, str) and k.isprintable() and isinstance(v, torch.Tensor)}
     skipped = len(state) - len(tensors)
-    starts = _storage_starts(tensors, records) if records else {}
     table: dict[str, TensorInfo] = {}
     for key, value in tensors.items():
         dtype = TORCH_TO_SAFETENSORS.get(str(value.dtype).removeprefix("torch."))
         if dtype is None:
             skipped += 1
             continue
-        offset, nbytes = None, (0 if value.numel() == 0 else None)
-        start = starts.get(_storage_ptr(value))
-        if start is not None and value.is_contiguous():
+        nbytes = value.numel() * value.element_size()
+        start = getattr(value.untyped_storage(), "_checkpoint_offset", None)
+        offset = None
+        if isinstance(start, int) and nbytes and value.is_contiguous():
             offset = start + value.storage_offset() * value.element_size()
-            nbytes = value.numel() * value.element_size()
-        table[key] = TensorInfo(name=key, shape=tuple(value.shape), dtype=dtype, file=file, offset=offset, nbytes=nbytes)
+            if file_size is not None and offset + nbytes > file_size:
+                offset = None
+        table[key] = TensorInfo(
+            name=key, shape=tuple(value.shape), dtype=dtype, file=file, offset=offset,
+            nbytes=nbytes if offset is not None or not nbytes else None,
+        )
     return table, skipped
 
 
-def _storage_ptr(tensor: Any) -> int:
-    storage = tensor.untyped_storage()
-    return storage.data_ptr() if storage.nbytes() else 0
+def lazy_loader(path: str, wrapper: str) -> Callable[[TensorInfo], Any]:
+    """Tensors of a checked zip archive, memory-mapped on first use (weights_only=True again)."""
+    cache: dict[str, Any] = {}
 
+    def load(info: TensorInfo) -> Any:
+        if "state" not in cache:
+            import torch
 
-def _storage_starts(tensors: Mapping[str, Any], records: dict[str, tuple[int, int]]) -> dict[int, int]:
-    """Map storage data pointers to file offsets of an mmap-loaded zip.
+            obj = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+            for key in wrapper.split(".") if wrapper else ():
+                obj = obj[key]
+            cache["state"] = obj
+        return cache["state"][info.name]
 
-    torch maps the whole file once and slices each record from that mapping, so every storage's
-    pointer is `base + record start`. The base is found from the lowest pointer and verified for
-    every storage (size included); if anything disagrees, nothing is addressable.
-    """
-    sizes: dict[int, int] = {}
-    for tensor in tensors.values():
-        storage = tensor.untyped_storage()
-        if storage.nbytes():
-            sizes[storage.data_ptr()] = storage.nbytes()
-    spans = sorted((start, size) for start, size in records.values() if size)
-    if not sizes or len(sizes) > len(spans):
-        return {}
-    by_start = dict(spans)
-    lowest = min(sizes)
-    for candidate, _ in spans:  # the lowest storage is some record; the first base that explains all wins
-        base = lowest - candidate
-        if all(by_start.get(ptr - base) == size for ptr, size in sizes.items()):
-            return {ptr: ptr - base for ptr in sizes}
-    return {}
+    return load
 
 
 def read_torch_state_dict(path: str, *, file: str) -> TorchContents:
-    """The tensors of one `.bin/.pt/.pth` state dict file (after the globals check)."""
-    contents = load_checked(path, file=file)
+    """The tensors of one `.bin/.pt/.pth` state dict file (after the globals check), without reading zip data."""
+    contents = load_checked(path, file=file, metadata_only=True)
     if contents.failed:
         return contents
     state, contents.wrapper = unwrap_state_dict(contents.raw)
+    held, contents.raw = type(contents.raw).__name__, None
     if state is None:
-        contents.problems.append(
-            IntegrityProblem("unreadable", file, f"holds a {type(contents.raw).__name__}, not a state dict of tensors")
-        )
-        contents.raw = None
+        contents.problems.append(IntegrityProblem("unreadable", file, f"holds a {held}, not a state dict of tensors"))
         return contents
-    records = None
-    try:
-        if zipfile.is_zipfile(path):
-            _, records, little = _zip_records(path)
-            records = records if little else None
-    except (OSError, zipfile.BadZipFile):
-        records = None
-    contents.tensors, contents.skipped = tensor_table(state, file=file, records=records)
+    addressable = contents.is_zip and _zip_is_little_endian(path)
+    file_size = os.path.getsize(path)
+    contents.tensors, contents.skipped = tensor_table(state, file=file, file_size=file_size)
+    if not addressable:
+        contents.tensors = {k: replace(t, offset=None, nbytes=None if t.nbytes else 0) for k, t in contents.tensors.items()}
     for key in [k for k in state if isinstance(k, str) and not k.isprintable()][:5]:
         contents.problems.append(IntegrityProblem("bad-header", file, f"key {printable(key)}: name contains control characters; not indexed", printable(key)))
-    loaded = {k: v for k, v in state.items() if k in contents.tensors}
-    contents.loader = lambda info: loaded[info.name]
-    contents.raw = None
+    if contents.is_zip:
+        contents.loader = lazy_loader(path, contents.wrapper)
+    else:
+        loaded = {k: v for k, v in state.items() if k in contents.tensors}
+        contents.loader = lambda info: loaded[info.name]
     return contents

@@ -56,7 +56,7 @@ def draw_image(shape: str, color: str, position: str, rng: np.random.Generator, 
     frac_r, frac_c = POSITIONS[position]
     jitter = size * 0.04
     center = (frac_r * size + rng.uniform(-jitter, jitter), frac_c * size + rng.uniform(-jitter, jitter))
-    radius = size * rng.uniform(0.15, 0.2)
+    radius = size * rng.uniform(0.2, 0.26)
     mask = shape_mask(shape, center, radius, size)
     tint = np.clip(np.array(COLORS[color]) + rng.integers(-20, 21, size=3), 0, 255)
     image = background.copy()

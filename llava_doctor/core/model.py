@@ -39,11 +39,29 @@ class LlavaMetaModel:
         self.vision_tower = VisionTower(config.mm_vision_tower, config, delay_load=getattr(config, "delay_load", False))
         self.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, config.hidden_size)
         if "unpad" in (getattr(config, "mm_patch_merge_type", None) or ""):
-            # LLaVA-NeXT's initialize_vision_modules draws it with std 1/sqrt(hidden)
-            self.image_newline = nn.Parameter(torch.randn(config.hidden_size) / math.sqrt(config.hidden_size))
+            self.image_newline = nn.Parameter(torch.empty(config.hidden_size))
+        # LLaVA builds the projector after the LLM is loaded, so it keeps PyTorch's default Linear init
+        # (not the LLM's std-0.02 normal, which shrinks image tokens ~20x); LLaVA-NeXT draws
+        # image_newline with std 1/sqrt(hidden). _init_weights repeats this for keys missing on load.
+        self._init_weights(self)
 
     def get_vision_tower(self) -> VisionTower | None:
         return getattr(self, "vision_tower", None)
+
+    def _init_weights(self, module):
+        """transformers' init hook (construction and keys missing on load): projector and image_newline
+        get LLaVA's init, everything else the LLM's."""
+        projector = getattr(self, "mm_projector", None)
+        if projector is not None and any(module is m for m in projector.modules()):
+            if isinstance(module, nn.Linear):
+                torch.no_grad()(module.reset_parameters)()
+            return
+        if module is self:
+            newline = getattr(self, "image_newline", None)
+            if newline is not None:
+                with torch.no_grad():
+                    newline.copy_(torch.randn(newline.shape, dtype=newline.dtype) / math.sqrt(newline.numel()))
+        super()._init_weights(module)
 
 
 class LlavaLlamaModel(LlavaMetaModel, LlamaModel):

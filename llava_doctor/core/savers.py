@@ -209,11 +209,12 @@ def _drop_tied_head(state: dict[str, Any], config: Mapping[str, Any]) -> dict[st
 
 
 def save_llava_original(model: Any, out_dir: str | os.PathLike, *, stage: str = "finetune", safe: bool = True,
-                        config: Any = None) -> Path:
+                        config: Any = None, include_vision_tower: bool = True) -> Path:
     """Write a directory as haotian-liu/LLaVA's trainer writes it for `stage` (finetune | pretrain | lora).
 
     - finetune: ``config.json`` + ``model.safetensors`` (``safe``) or ``pytorch_model.bin``; the whole
-      state dict, tower keys with the 4.x ``vision_model.`` level.
+      state dict, tower keys with the 4.x ``vision_model.`` level (``include_vision_tower=False`` leaves the
+      frozen tower out, as exports that rebuild it from ``mm_vision_tower`` do).
     - pretrain (``tune_mm_mlp_adapter``): ``config.json`` + ``mm_projector.bin`` holding only
       ``model.mm_projector.*``; no LLM weights (LLaVA's ``_save`` is a no-op in that stage).
     - lora: ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT), ``non_lora_trainables.bin``
@@ -235,6 +236,8 @@ def save_llava_original(model: Any, out_dir: str | os.PathLike, *, stage: str = 
         return out
     if stage != "finetune":
         raise ValueError(f"unknown stage {stage!r} (expected finetune, pretrain or lora)")
+    if not include_vision_tower:
+        state = {k: v for k, v in state.items() if not k.startswith(CORE_TOWER)}
     state = _drop_tied_head(rename(state, llava_original_key), cfg)
     write_tensors(state, out / ("model.safetensors" if safe else "pytorch_model.bin"), safe=safe)
     return out

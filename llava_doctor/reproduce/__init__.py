@@ -128,7 +128,7 @@ def reflow(text: str, width: int = 88) -> str:
 
     def flush() -> None:
         if prose:
-            out.append(textwrap.fill(" ".join(prose), width))
+            out.append(textwrap.fill(" ".join(prose), width, break_on_hyphens=False, break_long_words=False))
             prose.clear()
 
     for line in textwrap.dedent(text).strip("\n").splitlines():

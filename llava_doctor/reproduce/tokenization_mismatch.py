@@ -86,10 +86,13 @@ SCENARIO = Scenario(
         {SAMPLES} conversations of the embedded dataset (data.json, images/) and a Yi-style tokenizer built
         by the bundled core's recipe (tokenizer/: ChatML specials, no BOS added) were put through
         haotian-liu/LLaVA's v1.5 preprocessing (`{RECIPE}` in llava_doctor.templates) with
-        `--version {BROKEN_TEMPLATE}` (run.json). preprocess_v1 tokenizes every round on its own, assumes
-        a BOS at the start (cur_len = 1) and subtracts 2 for it; with this tokenizer the per-round sums do
-        not add up to the full tokenization of multi-round conversations, so LLaVA prints a warning and
-        sets every label of the sample to -100. The dropped-sample facts come from
+        `--version {BROKEN_TEMPLATE}` (run.json). preprocess_v1 splits the conversation at the '</s>'
+        separator, tokenizes every round on its own and sums the lengths. With this tokenizer the text after
+        '</s>' tokenizes differently in the full conversation than at the start of a round (the non-legacy
+        behaviour of tokenizers >= 0.14), so from the second round on the sum falls short of the full
+        tokenization (scenario.json: "cause"); LLaVA prints a warning and sets every label of the sample to
+        -100. Every multi-round conversation is dropped; single-round ones survive. The dropped-sample
+        facts come from
         llava_doctor.templates (the training code's arithmetic), not from running LLaVA.""",
     fixed=f"""
         Same data and tokenizer with the template that fits it, `--version {FIXED_TEMPLATE}` (ChatML,

@@ -100,6 +100,10 @@ def _true_boundaries(result: RecipeResult, oracle: OracleResult) -> list[int]:
     return out
 
 
+def _blank_at_edge(text: str, start: int, end: int, edges: set[int]) -> bool:
+    return end > start and not text[start:end].strip() and (start in edges or end in edges)
+
+
 def _compare(analysis: SampleAnalysis, tokenizer: Any, template: Template) -> None:
     result, oracle = analysis.result, analysis.oracle
     if oracle is None:
@@ -129,11 +133,14 @@ def _compare(analysis: SampleAnalysis, tokenizer: Any, template: Template) -> No
             pos += len(piece)
     answer_starts = {s.start for s in rendered_spans if s.role == GPT}
     answer_ends = [(s.end, s.end_stop) for s in rendered_spans if s.role == GPT and s.end_stop > s.end]
+    edges = {e for span in oracle.spans for e in span}
     for p in range(n):
         want, got = oracle.labels[p], result.labels[p]
         if (want == IGNORE_INDEX) == (got == IGNORE_INDEX):
             continue
         start, end = oracle.char_spans[p]
+        if _blank_at_edge(oracle.text, start, end, edges):
+            continue  # a lone space between prompt and answer belongs to either side
         token = _token_text(tokenizer, result.input_ids[p])
         if want != IGNORE_INDEX:
             if any(a <= start < b or (a < end <= b) for a, b in answer_ends):
@@ -203,12 +210,13 @@ def _cause(analysis: SampleAnalysis, template: Template, facts: Facts, tokenizer
         first = analysis.drift_round or 1
         steps = [deltas[0]] + [b - a for a, b in zip(deltas, deltas[1:])]
         no_bos = facts.bos_id is None or not result.input_ids or result.input_ids[0] != facts.bos_id
-        if no_bos and all(step == -1 for step in steps):
+        later = steps[1:] if steps[0] in (0, -1) else steps
+        if no_bos and later and all(step == -1 for step in later):
             return ("BOS assumption: each round's count relies on a BOS token (or the `legacy` +1) that this "
-                    "tokenizer does not add (-1 per round)")
+                    f"tokenizer does not add (-1 per round from round {first})")
         if first == 1 and all(step == 0 for step in steps[1:]):
             if no_bos:
-                return f"BOS assumption: the code counts a BOS (cur_len starts at 1) but this tokenizer adds none (off by {deltas[0]:+d})"
+                return f"BOS assumption: the arithmetic counts a BOS this tokenizer does not add (off by {deltas[0]:+d})"
             return f"BOS assumption: the round arithmetic is off by {deltas[0]:+d} at the first round"
         legacy = facts.legacy
         legacy_txt = "no `legacy` attribute" if repr(legacy) == "MISSING" else f"legacy={legacy}"

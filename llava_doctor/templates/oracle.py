@@ -97,8 +97,11 @@ def oracle_per_turn(encode: Encoder, turn_texts: list[str], answers: list[tuple[
     ranges: list[Range] = []
     for k, answer in answers:
         piece = turn_texts[k]
-        needle = answer.strip() or answer
+        needle = answer  # verbatim first; chat templates that trim (Llama-3) need the stripped text
         at = piece.rfind(needle) if needle else -1
+        if at < 0 and answer.strip():
+            needle = answer.strip()
+            at = piece.rfind(needle)
         if at < 0 or not needle:
             continue
         stop = at + len(needle)
