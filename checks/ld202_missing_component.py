@@ -1,6 +1,7 @@
 """LD202: a whole component's weights (vision tower, projector, LLM, lm_head) are missing."""
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 from llava_doctor.findings import Finding, Severity
@@ -17,6 +18,14 @@ HF_PREFIXES = {
     "hf-llava-memory": ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model.", "lm_head."),
 }
 FINETUNE_STAGES = ("finetune", "full", "sft")
+
+
+SHARD_NAME = re.compile(r"-\d+-of-\d+\.(safetensors|bin)$")
+
+
+def _lone_shard(artifact) -> bool:
+    weights = {t.file for t in artifact.tensors.values()}
+    return len(weights) == 1 and "index" not in artifact.notes and bool(SHARD_NAME.search(next(iter(weights))))
 
 
 def _ex(keys, config=None, file="model.safetensors", files=None):
@@ -61,6 +70,8 @@ class MissingComponent(Check):
         Example("complete HF llava", _ex(hf_llava, hf_llava_config)),
         Example("tied HF llava without lm_head", _ex(lambda: hf_llava(lm_head=False), lambda: hf_llava_config(tie=True))),
         Example("XTuner full fine-tune with trained ViT", _ex(lambda: xtuner_pth(visual_encoder=True), file="iter_100.pth")),
+        Example("one shard of a sharded HF llava", _ex(lambda: hf_llava(tower=False), hf_llava_config,
+                                                       file="model-00002-of-00003.safetensors")),
         Example("LLaVA LoRA with non_lora_trainables.bin", _ex(lambda: llava_lora(non_lora_trainables=True),
                                                                original_llava_config, file="adapter_model.safetensors")),
     )
@@ -89,6 +100,8 @@ class MissingComponent(Check):
     )
 
     def run(self, artifact, context: Context) -> Iterable[Finding]:
+        if _lone_shard(artifact):
+            return  # one shard of a sharded set holds only some components by construction
         present = artifact.components_present()
         layout = artifact.layout
         if layout in HF_LAYOUTS:

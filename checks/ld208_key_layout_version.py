@@ -60,7 +60,9 @@ class KeyLayoutVersion(Check):
     unexpected (`Some weights of the model checkpoint ... were not used when initializing` /
     `newly initialized`), prints only a warning, and runs with a randomly initialised vision
     tower. A tower whose keys mix both styles (a half-done conversion) is partly re-initialised by
-    4.x.
+    4.x. A uniform 5.x tower in a transformers-native checkpoint is reported as info (it is right
+    for transformers >= 5); in original-LLaVA and XTuner layouts, whose code pins 4.x, and for mixed
+    towers it is a warning.
     """
     fix = """
     Load the checkpoint with transformers >= 5, or re-save it for 4.x consumers with the tower keys
@@ -105,8 +107,13 @@ class KeyLayoutVersion(Check):
             message = (f"{len(tower)} vision-tower keys use the transformers 5 style without `vision_model.` "
                        f"(e.g. {without[0]}){written}; {consumers} silently re-initialises the whole tower at random; "
                        f"expected {prefix}vision_model.* for 4.x consumers")
+        # A uniform 5.x tower in a transformers-native checkpoint is right for transformers >= 5 (the
+        # writer); only a 4.x consumer is at risk, so it is a note. The original-LLaVA and XTuner code
+        # bases pin 4.x, and a mixed tower is wrong for everyone on 4.x: those stay warnings.
+        native_and_uniform = artifact.layout.startswith("hf-llava") and len(without) == len(tower)
         yield self.finding(
             message,
+            severity=Severity.INFO if native_and_uniform else Severity.WARNING,
             artifact=artifact.name,
             location=artifact.tensors[without[0]].file + ":" + without[0],
             observed="5.x" if len(without) == len(tower) else "mixed",

@@ -8,7 +8,9 @@ patterns (min == max), so +0/-0 or different NaN payloads count as different val
 
 Addressable tensors (``TensorInfo.offset``/``nbytes``) are read with ``readinto`` into one reused
 buffer, so memory stays bounded at any checkpoint size and the page cache is not pinned as an
-mmap would pin it. Others go through ``Checkpoint.loader`` (an mmap-backed torch tensor) and are
+mmap would pin it. Reading and checking stay in one thread: a reader thread with two
+alternating buffers was measured slower on the 2-core reference machine (median of 6: cold 0.56
+vs 1.31 GB/s, warm 1.18 vs 3.28 GB/s). Others go through ``Checkpoint.loader`` (an mmap-backed torch tensor) and are
 viewed as unsigned integers in chunks. numpy has no bfloat16, which is why everything works on
 integer views. Integer and bool tensors (``position_ids`` and other buffers) are skipped: zero
 or constant is normal for them and they cannot hold NaN.
@@ -27,7 +29,6 @@ from .artifacts.checkpoint import Checkpoint, TensorInfo
 
 DEFAULT_BUFFER_BYTES = 4 << 20  # fits in L3 with the compute slice: measured ~2x faster warm than 16 MiB
 _COMPUTE_SLICE_BYTES = 1 << 20  # keep the mask temporary in cache
-READ_AHEAD_BYTES = 32 << 20
 SCAN_NOTE = "scan"
 
 
@@ -83,30 +84,35 @@ class ScanResult:
 
 
 class _Accumulator:
-    """Folds chunks of one tensor's raw bits into max(abs bits) and min/max of the raw bits."""
+    """Folds chunks of one tensor's raw bits into max(abs bits) and min/max of the raw bits.
+
+    max(bits & absmask) is computed without writing a masked copy: the largest non-negative
+    value of the signed view is the largest magnitude among positive elements, the largest value
+    of the unsigned view minus the sign bit the largest among negative ones (two read-only
+    reductions, measured ~1.3x faster than and+max).
+    """
 
     def __init__(self, fmt: BitFormat) -> None:
         self.fmt = fmt
+        self.signed = np.dtype(fmt.uint).str.replace("u", "i")
+        self.sign = fmt.absmask + 1
         self.absmax = 0
         self.lo: int | None = None
         self.hi: int | None = None
         self.varies = False  # once two different bit patterns were seen, min/max is no longer needed
-        self._tmp = np.empty(_COMPUTE_SLICE_BYTES // np.dtype(fmt.uint).itemsize, dtype=fmt.uint)
-        self._mask = fmt.uint(fmt.absmask)
 
     def add(self, bits: np.ndarray) -> None:
-        step = self._tmp.size
+        step = _COMPUTE_SLICE_BYTES // bits.itemsize
         for start in range(0, bits.size, step):
             part = bits[start:start + step]
-            tmp = self._tmp[: part.size]
-            np.bitwise_and(part, self._mask, out=tmp)
-            m = int(tmp.max())
+            top_signed, top = int(part.view(self.signed).max()), int(part.max())
+            m = max(top_signed if top_signed >= 0 else 0, top - self.sign if top >= self.sign else 0)
             if m > self.absmax:
                 self.absmax = m
             if not self.varies:
-                lo, hi = int(part.min()), int(part.max())
+                lo = int(part.min())
                 self.lo = lo if self.lo is None else min(self.lo, lo)
-                self.hi = hi if self.hi is None else max(self.hi, hi)
+                self.hi = top if self.hi is None else max(self.hi, top)
                 self.varies = self.lo != self.hi
 
 
@@ -123,32 +129,7 @@ def _count_nonfinite(chunks: Iterable[np.ndarray], fmt: BitFormat) -> tuple[int,
     return nan, inf
 
 
-class _ReadAhead:
-    """Asks the kernel to start reading the next window while this one is being checked.
-
-    Reading and checking alternate in one thread; without this the disk idles during every
-    check and a cold scan runs at a fraction of `dd` speed. WILLNEED starts asynchronous reads
-    into the page cache (not this process's memory).
-    """
-
-    def __init__(self, f: Any, window: int = READ_AHEAD_BYTES) -> None:
-        self.fd = f.fileno()
-        self.window = window
-        self.until = 0
-        self.enabled = hasattr(os, "posix_fadvise")
-
-    def at(self, position: int) -> None:
-        if not self.enabled or position + self.window // 2 < self.until:
-            return
-        start = max(position, self.until)
-        try:
-            os.posix_fadvise(self.fd, start, self.window, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            self.enabled = False
-        self.until = start + self.window
-
-
-def _file_chunks(f: Any, buf: bytearray, info: TensorInfo, fmt: BitFormat, ahead: _ReadAhead | None = None) -> Iterator[np.ndarray]:
+def _file_chunks(f: Any, buf: bytearray, info: TensorInfo, fmt: BitFormat) -> Iterator[np.ndarray]:
     """The tensor's raw bits as uint arrays viewing the reused buffer (valid until the next chunk)."""
     view = memoryview(buf)
     remaining = int(info.nbytes or 0)
@@ -156,8 +137,6 @@ def _file_chunks(f: Any, buf: bytearray, info: TensorInfo, fmt: BitFormat, ahead
     f.seek(position)
     while remaining > 0:
         want = min(remaining, len(buf))
-        if ahead is not None:
-            ahead.at(position + want)
         got = f.readinto(view[:want])
         usable = got - got % np.dtype(fmt.uint).itemsize
         if not usable:
@@ -284,9 +263,8 @@ def scan_checkpoint(
                 continue
             with f:
                 _advise_sequential(f)
-                ahead = _ReadAhead(f)
                 for info, fmt in sorted(group, key=lambda p: p[0].offset or 0):
-                    _scan_one(result, info, fmt, lambda i=info, fm=fmt: _file_chunks(f, buf, i, fm, ahead), bar)
+                    _scan_one(result, info, fmt, lambda i=info, fm=fmt: _file_chunks(f, buf, i, fm), bar)
         for info, fmt in loaded:
             def chunks(i: TensorInfo = info, fm: BitFormat = fmt) -> Iterator[np.ndarray]:
                 return _tensor_chunks(checkpoint.load_tensor(i), fm, buffer_bytes)

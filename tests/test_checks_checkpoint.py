@@ -333,6 +333,7 @@ def test_deep_scan_runs_once_per_checkpoint(llava_dir):
 def test_ld208_5x_keys_vs_4x_keys(llava_dir, tmp_path):
     found = findings(llava_dir, "LD208")
     assert len(found) == 1 and found[0].message.startswith("39 vision-tower keys use the transformers 5 style"), messages(found)
+    assert str(found[0].severity) == "info"  # right for transformers >= 5, the writer; a note for 4.x consumers
     old_style = rewrite(llava_dir, tmp_path / "old", lambda t: {
         (k.replace("vision_tower.", "vision_tower.vision_model.", 1) if k.startswith("vision_tower.") else k): v
         for k, v in t.items()})
@@ -341,3 +342,24 @@ def test_ld208_5x_keys_vs_4x_keys(llava_dir, tmp_path):
     # transformers 5 reads the 4.x names: nothing else disagrees
     for code in ("LD201", "LD202", "LD203"):
         assert findings(old_style, code) == [], code
+
+
+def test_original_llava_with_a_local_tower_config(tmp_path):
+    """mm_vision_tower naming a local CLIP folder: its config drives the tower's expected shapes."""
+    tower_dir = tmp_path / "clip-local"
+    transformers.CLIPVisionConfig(**VISION).save_pretrained(tower_dir)
+    ckpt = _original_llava_dir(tmp_path / "ckpt", mm_hidden=96)
+    tower = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**VISION)).state_dict()
+    state = load_file(ckpt / "model.safetensors")
+    state.update({f"model.vision_tower.vision_tower.vision_model.{k}": v.clone() for k, v in tower.items()})
+    save_file(state, ckpt / "model.safetensors")
+    config = json.loads((ckpt / "config.json").read_text())
+    config.update(mm_vision_tower=str(tower_dir), unfreeze_mm_vision_tower=True)
+    (ckpt / "config.json").write_text(json.dumps(config))
+    assert findings(ckpt, "LD203") == [] and findings(ckpt, "LD202") == [] and findings(ckpt, "LD208") == []
+
+    transformers.CLIPVisionConfig(**{**VISION, "patch_size": 8}).save_pretrained(tower_dir)  # another tower
+    found = findings(ckpt, "LD203")
+    assert [f.extra["rule"] for f in found] == ["patch-embedding", "schema"], messages(found)
+    assert "patch embedding is [96, 3, 4, 4] but the vision config implies [96, 3, 8, 8]" in found[0].message
+    assert "position_embedding.weight: shape [65, 96]" in found[1].message  # 17 positions for 32/8 patches

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llava_doctor.templates.audit import audit_conversations
-from llava_doctor.templates.recipes import get_recipe, setup_tokenizer
+from llava_doctor.templates.recipes import get_recipe, setup_tokenizer, shared_setup
 from llava_doctor.templates.tokenize import IGNORE_INDEX
 
 pytestmark = pytest.mark.tokenizers
@@ -88,10 +88,10 @@ def test_v15_code_with_new_tokenizers_drops_multi_round_samples(load):
     by_sample = {f.extra["sample"]: f for f in report.by_code("LD101")}
     assert set(by_sample) == {"two", "three"}
     two = by_sample["two"]
-    assert "`WARNING: tokenization mismatch: 78 vs. 77. (ignored)`" in two.message
+    assert "`WARNING: tokenization mismatch: 74 vs. 73. (ignored)`" in two.message
     assert two.extra["round"] == 2 and "legacy=False" in two.message
-    assert (two.extra["cur_len"], two.extra["total_len"]) == (78, 77)
-    assert "mismatch: 95 vs. 93." in by_sample["three"].message
+    assert (two.extra["cur_len"], two.extra["total_len"]) == (74, 73)
+    assert "mismatch: 89 vs. 87." in by_sample["three"].message
 
 
 def test_v1_on_llama3_and_qwen_is_a_wrong_template(load):
@@ -210,7 +210,7 @@ words = st.lists(st.sampled_from(["A", "cat", "dog", "black", "and", "white", "y
        codebase=st.sampled_from(["llava-1.5", "llava", "llava-next"]))
 def test_labels_agree_with_the_recipes_own_verdict(load, answers, image, name, codebase):
     template = {"mpt-7b-chat": "mpt", "Llama-2-7b-chat-hf": "llava_llama_2"}.get(name, "v1")
-    tokenizer = setup_tokenizer(load(name), codebase, template)
+    tokenizer = shared_setup(load(name), codebase, template)
     result = get_recipe(codebase).preprocess(record("h", answers, image=image)["conversations"], tokenizer, template,
                                              has_image=image)
     assert result.crash is None and len(result.labels) == len(result.input_ids)

@@ -18,13 +18,27 @@ GOLDEN_PATH = Path(__file__).resolve().parent / "data" / "recipe_golden.json"
 GOLDEN = json.loads(GOLDEN_PATH.read_text(encoding="utf-8"))
 IGNORE_INDEX = -100
 
+
+def flatten_cases(golden: dict) -> list[dict]:
+    """{recipe: {template: {tokenizer: [row, ...]}}} -> one dict per case (row keys from case_columns)."""
+    return [
+        {"recipe": recipe, "template": template, "tokenizer": tokenizer, **dict(zip(golden["case_columns"], row))}
+        for recipe, by_template in golden["cases"].items()
+        for template, by_tokenizer in by_template.items()
+        for tokenizer, rows in by_tokenizer.items()
+        for row in rows
+    ]
+
+
+CASES = flatten_cases(GOLDEN)
+
 # LLaVA-NeXT's preprocess_qwen / preprocess_llama3 call two tokenizer APIs that transformers 5 changed
 # (apply_chat_template now returns a dict; additional_special_tokens_ids is gone), so here they crash
 # before reading the sample. Their api_shim twins record what the same code does on the transformers
 # it pins; a recipe may predict either.
 SHIMMED = {
     (c["recipe"], c["tokenizer"], c["template"], c["pad_token"], c["conversation"], c["max_length"]): c
-    for c in GOLDEN["cases"] if c["api_shim"]
+    for c in CASES if c["api_shim"]
 }
 
 
@@ -41,7 +55,7 @@ def expected_labels(case: dict) -> list[int]:
     labels = [IGNORE_INDEX] * len(ids)
     for start, end in case["supervised"]:
         labels[start:end] = ids[start:end]
-    for pos, label in case.get("label_overrides", {}).items():
+    for pos, label in (case["label_overrides"] or {}).items():
         labels[int(pos)] = label
     return labels
 
@@ -121,21 +135,22 @@ def verdict(case: dict, tokenizers_dir: Path) -> str | None:
 
 
 def test_golden_file_is_consistent():
-    cases = GOLDEN["cases"]
-    assert len({case_id(c) for c in cases}) == len(cases)
-    assert {c["recipe"] for c in cases} == {"llava", "llava-1.5", "llava-next"}
-    for c in cases:
+    assert len({case_id(c) for c in CASES}) == len(CASES)
+    assert {c["recipe"] for c in CASES} == {"llava", "llava-1.5", "llava-next"}
+    for c in CASES:
+        assert c["has_image"] == any("<image>" in t["value"] for t in GOLDEN["conversations"][c["conversation"]])
         if c["crash"] is None:
             ids = GOLDEN["token_ids"][c["input_ids"]]
-            assert len(ids) == c["n_tokens"]
+            assert all(0 <= start < end <= len(ids) for start, end in c["supervised"])
             if c["mismatch"] is not None:  # LLaVA masks the whole sample when it prints the warning
                 assert c["supervised"] == []
         else:
-            assert c["mismatch"] is None and "input_ids" not in c
+            assert c["mismatch"] is None and c["input_ids"] is None
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", GOLDEN["cases"], ids=case_id)
+@pytest.mark.tokenizers
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_recipe_reproduces_real_training_code(case, tokenizers_dir):
     problem = verdict(case, tokenizers_dir)
     assert problem is None, f"{case_id(case)}: {problem}"

@@ -100,7 +100,7 @@ def test_cli_list():
     assert [line.split()[0] for line in result.output.splitlines()] == reproduce.names()
 
 
-@pytest.mark.parametrize("args", [["nope", "--out", "x"], [], ["zero3-save"]])
+@pytest.mark.parametrize("args", [["nope", "--out", "x"], [], ["zero3-save"], ["zero3-save", "--all", "--out", "x"]])
 def test_cli_usage_errors_exit_2_with_one_line(args, tmp_path):
     result = CliRunner().invoke(reproduce_command, args)
     assert result.exit_code == 2
@@ -367,3 +367,11 @@ def test_delay_load_fixed_loads_the_base_tower(build):
     loaded = load_file(str(result.out_dir / "loaded" / "model.safetensors"))
     base = load_file(str(Path(config["mm_vision_tower"]) / "model.safetensors"))
     assert all(loaded[TOWER + "vision_model." + k].equal(v) for k, v in base.items())
+
+
+def test_refuses_a_directory_holding_another_scenario(build, tmp_path):
+    out = build("tokenization-mismatch", False).out_dir
+    with pytest.raises(InputError, match="holds scenario 'tokenization-mismatch'"):
+        reproduce.build("loss-collapse", out)
+    assert reproduce.build("tokenization-mismatch", out, fixed=True).facts["template"] == "chatml_direct"
+    reproduce.build("tokenization-mismatch", out)  # leave it as the session fixture built it

@@ -24,7 +24,7 @@ def tower_root(tmp_path_factory):
 def core_model(tower_root):
     from llava_doctor.core.model import build_tiny_model
 
-    return build_tiny_model(tower_root, seed=1)
+    return build_tiny_model(tower_root, seed=1, pretrain_steps=0)
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +105,7 @@ def test_original_lora(tower_root, tmp_path):
     from llava_doctor.core.model import build_tiny_model
     from llava_doctor.core.stages import apply_stage
 
-    model = apply_stage(build_tiny_model(tower_root, seed=2), "lora")
+    model = apply_stage(build_tiny_model(tower_root, seed=2, pretrain_steps=0), "lora")
     out = savers.save_llava_original(model, tmp_path / "lora", stage="lora")
     names = {p.name for p in out.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "non_lora_trainables.bin", "config.json"} <= names
@@ -186,22 +186,49 @@ def test_hf_native_rejects_unknown_key_style(core_model, tmp_path):
 
 @pytest.mark.slow
 def test_zero3_unguarded_and_gathered(cpu_dist, tower_root, tmp_path):
-    from llava_doctor.core.configs import prepare_vision_tower, tiny_config
-    from llava_doctor.core.model import build_model
-    from llava_doctor.core.train import build_zero3_model, deepspeed_config
+    import deepspeed
 
-    config = tiny_config(vision_tower=prepare_vision_tower(tower_root))
-    ds_config = deepspeed_config(3)
-    model = build_zero3_model(lambda: build_model(config, seed=3), ds_config)
-    shapes = {name: tuple(p.ds_shape) for name, p in model.named_parameters()}
-    assert all(p.numel() == 0 for p in model.parameters())
+    from llava_doctor.core.model import build_tiny_model
+    from llava_doctor.core.train import deepspeed_config
 
-    broken = savers.save_unguarded_zero3(model, tmp_path / "broken.safetensors")
+    model = build_tiny_model(tower_root, seed=3, pretrain_steps=0)
+    full = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(params, lr=1e-3),
+                                      config=deepspeed_config(3, micro_batch_size=1))
+    module = engine.module  # ZeRO-3 partitions every parameter at initialize
+    assert all(p.numel() == 0 for p in module.parameters())
+
+    broken = savers.save_unguarded_zero3(module, tmp_path / "broken.safetensors")
     tensors, _ = safetensors_tensors(broken)
-    assert set(tensors) == {savers.llava_original_key(k) for k in shapes}
+    assert set(tensors) == {savers.llava_original_key(k) for k in full}
     assert all(tuple(t.shape) == (0,) for t in tensors.values())
 
-    fixed = savers.save_gathered_zero3(model, tmp_path / "fixed.safetensors")
+    fixed = savers.save_gathered_zero3(engine, tmp_path / "fixed.safetensors")
     tensors, _ = safetensors_tensors(fixed)
-    assert {k: tuple(t.shape) for k, t in tensors.items()} == {savers.llava_original_key(k): s for k, s in shapes.items()}
-    assert all(p.numel() == 0 for p in model.parameters())  # re-partitioned after the gather
+    assert set(tensors) == {savers.llava_original_key(k) for k in full}
+    for key, value in full.items():
+        assert torch.equal(tensors[savers.llava_original_key(key)], value), key
+    assert all(p.numel() == 0 for p in module.parameters())  # re-partitioned after the gather
+
+
+@pytest.mark.parametrize("llm, vision", [("qwen2", "siglip"), ("qwen2", "clip")])
+def test_other_families_round_trip(tower_root, tmp_path, llm, vision):
+    from transformers import LlavaForConditionalGeneration
+
+    from llava_doctor.core.model import build_tiny_model
+
+    model = build_tiny_model(tower_root, llm, vision, seed=4, pretrain_steps=0)
+    state = model.state_dict()
+    original = savers.save_llava_original(model, tmp_path / "original")
+    tensors, _ = safetensors_tensors(original / "model.safetensors")
+    assert set(tensors) == {savers.llava_original_key(k) for k in state}
+    assert json.loads((original / "config.json").read_text())["architectures"] == ["LlavaQwenForCausalLM"]
+    hf = savers.save_hf_native(model, tmp_path / "hf", key_style="4.x")
+    reloaded = LlavaForConditionalGeneration.from_pretrained(str(hf))
+    assert reloaded.config.text_config.model_type == "qwen2"
+    assert reloaded.config.vision_config.model_type == f"{vision}_vision_model"
+    assert torch.equal(reloaded.model.language_model.layers[0].self_attn.q_proj.bias,
+                       state["model.layers.0.self_attn.q_proj.bias"])
+    assert torch.equal(reloaded.model.vision_tower.embeddings.patch_embedding.weight,
+                       state[TOWER + "embeddings.patch_embedding.weight"])

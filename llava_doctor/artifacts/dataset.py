@@ -130,7 +130,7 @@ def build_dataset(name: str, records: Sequence[Any], tokenizer: Any, template: s
                   pad_token: str | None = None, max_length: int | None = None,
                   image_features: int = DEFAULT_IMAGE_FEATURES) -> Dataset:
     from ..templates.conversation import TEMPLATES
-    from ..templates.recipes import CODEBASES, setup_tokenizer
+    from ..templates.recipes import CODEBASES, shared_setup
 
     if template not in TEMPLATES:
         raise InputError(f"unknown template {template!r}; known: {', '.join(sorted(TEMPLATES))}")
@@ -138,7 +138,7 @@ def build_dataset(name: str, records: Sequence[Any], tokenizer: Any, template: s
         raise InputError(f"unknown recipe {recipe!r}; known: {', '.join(CODEBASES)}")
     samples, problems = parse_records(records)
     try:
-        configured = setup_tokenizer(tokenizer, recipe, template, pad_token, max_length=max_length)
+        configured = shared_setup(tokenizer, recipe, template, pad_token, max_length=max_length)
     except Exception as exc:
         raise InputError(f"cannot set pad token {pad_token!r} on this tokenizer: {exc}") from None
     return Dataset(name, samples, configured, template, recipe, problems, max_length, image_features, pad_token,

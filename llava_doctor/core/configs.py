@@ -11,6 +11,7 @@ tower (config.json + model.safetensors) written by ``vision.build_base_vision_to
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +61,29 @@ def tiny_vision_config(vision: str = "clip", *, hidden_size: int = 64, num_layer
     raise ValueError(f"unknown vision tower kind {vision!r}; known: {', '.join(VISIONS)}")
 
 
-def prepare_vision_tower(root: str | Path, vision: str = "clip", seed: int = DEFAULT_SEED, **vision_kwargs) -> Path:
-    """Write (once) a seeded base tower under `root` and return its folder, for `mm_vision_tower`."""
+DEFAULT_PRETRAIN_STEPS = 300
+
+
+def default_tower_root() -> Path:
+    """Where base towers are cached: $LLAVA_DOCTOR_CACHE/towers, else ~/.cache/llava-doctor/towers."""
+    base = os.environ.get("LLAVA_DOCTOR_CACHE") or Path.home() / ".cache" / "llava-doctor"
+    return Path(base) / "towers"
+
+
+def prepare_vision_tower(
+    root: str | Path | None = None, vision: str = "clip", seed: int = DEFAULT_SEED, pretrain_steps: int = DEFAULT_PRETRAIN_STEPS, **vision_kwargs
+) -> Path:
+    """Write (once) a seeded base tower under `root` (default: the cache) and return its folder, for `mm_vision_tower`.
+
+    `pretrain_steps=0` gives a random tower in milliseconds (enough for structure tests); the default
+    pretrained one (~10 s once) is what a model needs to learn to name shapes.
+    """
     from .vision import build_base_vision_tower
 
-    suffix = "-".join(f"{k}{v}" for k, v in sorted(vision_kwargs.items()))
-    folder = Path(root) / f"base-{vision}-seed{seed}{'-' + suffix if suffix else ''}"
+    suffix = "".join(f"-{k}{v}" for k, v in sorted(vision_kwargs.items()))
+    folder = Path(root or default_tower_root()) / f"base-{vision}-seed{seed}-pre{pretrain_steps}{suffix}"
     if not (folder / "model.safetensors").is_file():
-        build_base_vision_tower(folder, tiny_vision_config(vision, **vision_kwargs), seed=seed)
+        build_base_vision_tower(folder, tiny_vision_config(vision, **vision_kwargs), seed=seed, pretrain_steps=pretrain_steps)
     return folder
 
 

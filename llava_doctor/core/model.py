@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaModel, LlamaPreTrainedModel
 from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM, Qwen2Model, Qwen2PreTrainedModel
 
-from .configs import LlavaLlamaConfig, LlavaQwenConfig, prepare_vision_tower, tiny_config
+from .configs import DEFAULT_PRETRAIN_STEPS, LlavaLlamaConfig, LlavaQwenConfig, prepare_vision_tower, tiny_config
 from .data import IGNORE_INDEX, image_to_tensor, prompt_ids
 from .projector import build_projector
 from .vision import VisionTower
@@ -220,10 +220,21 @@ def build_model(config, seed: int = 0):
         return model_class_for(config)(config)
 
 
-def build_tiny_model(root: str | Path, llm: str = "llama", vision: str = "clip", projector: str = "mlp2x_gelu", *, seed: int = 0, tower_seed: int = 0, **config_kwargs):
-    """Write the base tower under `root` (once) and build a tiny model on it: the usual entry point."""
-    tower = prepare_vision_tower(root, vision, seed=tower_seed, **config_kwargs.pop("vision_kwargs", {}) or {})
-    config = tiny_config(llm, vision, projector, vision_tower=tower, **config_kwargs)
+def build_tiny_model(
+    root: str | Path | None = None,
+    llm: str = "llama",
+    vision: str = "clip",
+    projector: str = "mlp2x_gelu",
+    *,
+    seed: int = 0,
+    tower_seed: int = 0,
+    pretrain_steps: int = DEFAULT_PRETRAIN_STEPS,
+    **config_kwargs,
+):
+    """Prepare the base tower under `root` (default: the cache; once) and build a tiny model on it: the usual entry point."""
+    vision_kwargs = config_kwargs.pop("vision_kwargs", None) or {}
+    tower = prepare_vision_tower(root, vision, seed=tower_seed, pretrain_steps=pretrain_steps, **vision_kwargs)
+    config = tiny_config(llm, vision, projector, vision_tower=tower, vision_kwargs=vision_kwargs, **config_kwargs)
     return build_model(config, seed=seed)
 
 

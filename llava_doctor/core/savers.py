@@ -438,6 +438,8 @@ def save_unguarded_zero3(model_or_state_dict: Any, path: str | os.PathLike) -> P
     Keys are written as original LLaVA names them.
     """
     state = rename(model_state(model_or_state_dict), llava_original_key)
+    if _rank() != 0:
+        return Path(path)
     return write_tensors(state, path, safe=True)
 
 
@@ -450,7 +452,16 @@ def save_gathered_zero3(model: Any, path: str | os.PathLike) -> Path:
 
     module = getattr(model, "module", model)
     params = list(module.parameters())
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):  # a collective: every rank takes part
         state = detached(module.state_dict())
+    if _rank() != 0:
+        return Path(path)
     state = rename(state, llava_original_key)
     return write_tensors(state, path, safe=True)
+
+
+def _rank() -> int:
+    """This process's rank when torch.distributed is initialised (savers write on rank 0 only), else 0."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

@@ -228,16 +228,17 @@ def deepspeed_config(
 def build_zero3_model(factory: Callable[[], Any], ds_config: dict[str, Any]):
     """`factory()` built under ``deepspeed.zero.Init`` (parameters partitioned as they are created).
 
-    Under zero.Init transformers' weight init acts on empty shards, so the weights of a plain
-    `factory()` build are copied in through a gather: the ZeRO-3 model starts exactly where the
-    plain and ZeRO-2 ones do.
+    transformers' weight init cannot run on empty shards (it indexes them), so it is switched off
+    as transformers itself does under ZeRO-3, and the weights of a plain `factory()` build are
+    copied in through a gather: the ZeRO-3 model starts exactly where the plain and ZeRO-2 ones do.
     """
     import deepspeed
+    from transformers.initialization import no_init_weights
 
     from .vision import load_weights
 
     reference = factory().state_dict()
-    with deepspeed.zero.Init(config_dict_or_path=ds_config):
+    with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config):
         model = factory()
     load_weights(model, reference)
     return model

@@ -46,16 +46,68 @@ def read_vision_config(folder: str | Path):
     return config_class.from_pretrained(str(folder), local_files_only=True)
 
 
-def build_base_vision_tower(out_dir: str | Path, vision_config, seed: int = 0) -> Path:
-    """Write a seeded, randomly initialised 'pretrained' tower (config.json + model.safetensors) to `out_dir`."""
+def build_base_vision_tower(out_dir: str | Path, vision_config, seed: int = 0, pretrain_steps: int = 0) -> Path:
+    """Write a seeded base tower (config.json + model.safetensors) to `out_dir`.
+
+    With `pretrain_steps` the tower is first trained briefly to classify the synthetic pictures'
+    shape, colour and position from its mean selected feature - a stand-in for CLIP's pretraining.
+    A randomly initialised tower carries colour but hardly any shape information in the features
+    LLaVA selects, so a model on top of it cannot learn to name shapes. The folder is written to
+    a temporary name and renamed, so concurrent builders never see half a tower.
+    """
+    import shutil
+    import tempfile
+
     kind = _MODEL_TYPES[vision_config.model_type]
     _, model_class = _classes(kind)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(vision_config)
+        if pretrain_steps:
+            pretrain_on_shapes(model, has_cls_token=kind == "clip", steps=pretrain_steps, seed=seed)
     out_dir = Path(out_dir)
-    model.save_pretrained(str(out_dir))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    from safetensors.torch import save_file
+
+    # what save_pretrained writes for a single-file model, without its progress bar
+    model.config.save_pretrained(str(staging))
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    try:
+        staging.rename(out_dir)
+    except OSError:  # another process finished first: keep theirs
+        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def pretrain_on_shapes(model, *, has_cls_token: bool, steps: int, seed: int, batch_size: int = 64, select_layer: int = -2) -> float:
+    """Train `model` with three linear heads (shape, colour, position) on its mean selected feature; returns the last loss."""
+    from .data import build_samples, image_to_tensor
+    from .images import COLORS, POSITIONS, SHAPES
+
+    samples = build_samples(1024, seed=seed + 777, prefix="tower")
+    images = torch.stack([image_to_tensor(s.image) for s in samples])
+    targets = [
+        torch.tensor([list(values).index(getattr(s, attribute)) for s in samples])
+        for values, attribute in ((SHAPES, "shape"), (COLORS, "color"), (POSITIONS, "position"))
+    ]
+    hidden = model.config.hidden_size
+    heads = nn.ModuleList([nn.Linear(hidden, len(SHAPES)), nn.Linear(hidden, len(COLORS)), nn.Linear(hidden, len(POSITIONS))])
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=3e-3)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        index = torch.randint(0, len(samples), (batch_size,), generator=generator)
+        features = model(images[index], output_hidden_states=True).hidden_states[select_layer]
+        pooled = (features[:, 1:] if has_cls_token else features).mean(1)
+        loss = sum(nn.functional.cross_entropy(head(pooled), target[index]) for head, target in zip(heads, targets))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return float(loss.detach())
 
 
 def _is_zero_partitioned(params) -> bool:

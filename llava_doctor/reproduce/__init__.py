@@ -76,8 +76,11 @@ def build(name: str, out_dir: str | Path, fixed: bool = False) -> ScenarioResult
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(p.name not in (README, FACTS) for p in out.iterdir()) and not (out / FACTS).exists():
+    previous = _previous_scenario(out)
+    if previous is None and out.is_dir() and any(out.iterdir()):
         raise InputError(f"{out} is not empty and was not written by llava-doctor reproduce; choose an empty or new directory")
+    if previous not in (None, name):
+        raise InputError(f"{out} holds scenario {previous!r}; choose another directory for {name!r}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     facts = scenario.make(out, fixed)
@@ -89,6 +92,13 @@ def build(name: str, out_dir: str | Path, fixed: bool = False) -> ScenarioResult
         indent=2, sort_keys=True, default=str) + "\n")
     (out / README).write_text(render_readme(scenario, result))
     return result
+
+
+def _previous_scenario(out: Path) -> str | None:
+    try:
+        return str(json.loads((out / FACTS).read_text())["scenario"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _shell_path(path: Path) -> str:

@@ -5,6 +5,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,11 +36,22 @@ def quiet() -> Iterator[None]:
         ds_logger.setLevel(ds_level)
 
 
-def tiny_model(out: Path, *, seed: int = 0, **config_kwargs: Any):
-    """The bundled tiny LLaVA (Llama + CLIP) whose base tower lives in ``out/towers``."""
+def tiny_model(out: Path, *, seed: int = 0, pretrained_tower: bool = False, **config_kwargs: Any):
+    """The bundled tiny LLaVA (Llama + CLIP) whose base tower is a copy in ``out/towers`` (mm_vision_tower).
+
+    `pretrained_tower` uses the core's briefly pretrained tower (built once into the cache, ~10 s) that a
+    model needs to learn to see; otherwise a seeded random tower (milliseconds) is enough.
+    """
+    from ..core.configs import DEFAULT_PRETRAIN_STEPS, prepare_vision_tower
     from ..core.model import build_tiny_model
 
-    return build_tiny_model(out / TOWERS, seed=seed, **config_kwargs)
+    steps = DEFAULT_PRETRAIN_STEPS if pretrained_tower else 0
+    if steps:
+        cached = prepare_vision_tower(None, "clip", pretrain_steps=steps)
+        local = out / TOWERS / cached.name
+        if not (local / "model.safetensors").is_file():
+            shutil.copytree(cached, local, dirs_exist_ok=True)
+    return build_tiny_model(out / TOWERS, seed=seed, pretrain_steps=steps, **config_kwargs)
 
 
 def tokenizer():

@@ -41,6 +41,7 @@ def fingerprint(model, recipe) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps(asdict(recipe), sort_keys=True).encode())
     config = {k: v for k, v in model.config.to_dict().items() if k != "mm_vision_tower"}
+    config["tower"] = Path(model.config.mm_vision_tower).name  # names the tower's seed and pretraining
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update((core_tokenizer.tokenizer_dir() / "tokenizer.json").read_bytes())
     for name in CORE_SOURCES:
@@ -65,7 +66,7 @@ def trained_model(out: Path) -> tuple[Any, Any]:
     from ..core.train import train
 
     tok = tokenizer()
-    model = tiny_model(out)
+    model = tiny_model(out, pretrained_tower=True)
     recipe = healthy_recipe()
     path = cache_dir() / f"healthy-{fingerprint(model, recipe)}.safetensors"
     if path.is_file():

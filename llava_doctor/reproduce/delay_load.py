@@ -108,8 +108,9 @@ SCENARIO = Scenario(
         ("those params were newly initialized"); under LLaVA's transformers 4.37 the same path left
         uninitialised memory (measured tower mean -inf) and the output was
             '!!!!...'
-        (LLaVA-VL/LLaVA-NeXT#285: fixed by "delay_load=True in the llava_arch.py"). The answers no longer
-        depend on the picture; this run's answers and the healthy model's are in scenario.json.""",
+        (LLaVA-VL/LLaVA-NeXT#285: fixed by "delay_load=True in the llava_arch.py"). Here the answers stop
+        following the picture (wrong shapes, colours and positions, fewer distinct answers); this run's
+        answers, the healthy model's and the truths are in scenario.json.""",
     mechanism="""
         Recreated on transformers 5.x, where missing tower weights are random-initialised (not left
         uninitialised as under 4.37), so the answers degrade rather than turning into NaN; the

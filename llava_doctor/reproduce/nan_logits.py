@@ -149,6 +149,6 @@ SCENARIO = Scenario(
             RuntimeError: probability tensor contains either `inf`, `nan` or element < 0
         (haotian-liu/LLaVA#726, #886). The bundled tokenizer's id 0 is <unk>, so here the run of id 0
         decodes to nothing.""",
-    command="llava-doctor audit --deep {out}/model   # weights are finite: the fault is in the activations; see generation.json",
+    command="llava-doctor generate {out}/model --image {out}/image.png",
     make=make,
 )

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from .analysis import SampleAnalysis, SampleInput, analyze
 from .conversation import TEMPLATES, SepStyle
-from .recipes import resolve_template, setup_tokenizer
+from .recipes import resolve_template, shared_setup
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def fitting_templates(samples: Sequence[SampleInput], tokenizer: Any, recipe: st
     subset = list(samples[:limit])
     fits = []
     for name in candidate_templates(recipe):
-        configured = setup_tokenizer(tokenizer, recipe, name, pad_token, max_length=max_length)
+        configured = shared_setup(tokenizer, recipe, name, pad_token, max_length=max_length)
         fits.append(summarize(name, analyze(subset, configured, name, recipe, max_length=max_length)))
     return fits
 
