@@ -88,6 +88,57 @@ _RULES["llava-original-pretrain"] = _RULES["llava-original"]
 _RULES["llava-original-lora"] = _RULES["peft-adapter"] + _RULES["llava-original"]
 
 
+# Where each component's own module tree starts, per layout, so that the same tensor gets the same
+# canonical name in every layout (used to compare a checkpoint with shapes built from its config).
+_COMPONENT_ROOTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "hf-llava": (
+        ("vision_tower.", "vision_tower"),
+        ("multi_modal_projector.", "projector"),
+        ("image_newline", "image_newline"),
+        ("language_model.lm_head.", "lm_head"),
+        ("lm_head.", "lm_head"),
+        ("language_model.model.", "language_model"),
+    ),
+    "hf-llava-memory": (
+        ("model.vision_tower.", "vision_tower"),
+        ("model.multi_modal_projector.", "projector"),
+        ("model.image_newline", "image_newline"),
+        ("lm_head.", "lm_head"),
+        ("model.language_model.", "language_model"),
+    ),
+    "llava-original": (
+        ("model.vision_tower.vision_tower.", "vision_tower"),
+        ("model.mm_projector.", "projector"),
+        ("model.image_newline", "image_newline"),
+        ("lm_head.", "lm_head"),
+        ("model.", "language_model"),
+    ),
+    "xtuner": (
+        ("visual_encoder.", "vision_tower"),
+        ("projector.model.", "projector"),
+        ("llm.lm_head.", "lm_head"),
+        ("llm.model.", "language_model"),
+    ),
+    "llm-only": (("lm_head.", "lm_head"), ("model.", "language_model")),
+}
+_COMPONENT_ROOTS["hf-llava-4x"] = _COMPONENT_ROOTS["hf-llava"]
+_COMPONENT_ROOTS["llava-original-pretrain"] = _COMPONENT_ROOTS["llava-original"]
+
+
+def canonical_key(key: str, layout: str) -> str | None:
+    """`vision_tower.vision_model.embeddings.patch_embedding.weight` -> `vision_tower:embeddings.patch_embedding.weight`."""
+    if LORA_PATTERN.search(key):
+        return None
+    for prefix, component in _COMPONENT_ROOTS.get(layout, ()):
+        if key.startswith(prefix):
+            rest = key[len(prefix):]
+            if component == "vision_tower" and rest.startswith("vision_model."):
+                rest = rest[len("vision_model."):]
+            return f"{component}:{rest}"
+    return None
+
+
+
 def strip_peft_prefix(key: str) -> str:
     """`base_model.model.model.mm_projector.0.weight` -> `model.mm_projector.0.weight` (LLaVA's builder does this)."""
     for prefix in ("base_model.model.",):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .artifacts.checkpoint import Checkpoint, TensorInfo
-from .layout import LORA_PATTERN, config_kind as classify_config
+from .layout import canonical_key, config_kind as classify_config
 
 # Bounds for the config sanity guard; beyond them a config is garbage, not a model.
 MAX_DIM = 1 << 20
@@ -35,54 +35,6 @@ MAX_LAYERS = 1024
 MAX_PARAMS = 10**13
 # A config implying this many times more parameters than a full checkpoint holds does not describe it.
 MAX_PARAM_RATIO = 100
-
-_LAYOUT_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
-    "hf-llava": (
-        ("vision_tower.", "vision_tower"),
-        ("multi_modal_projector.", "projector"),
-        ("image_newline", "image_newline"),
-        ("language_model.lm_head.", "lm_head"),
-        ("lm_head.", "lm_head"),
-        ("language_model.model.", "language_model"),
-    ),
-    "hf-llava-memory": (
-        ("model.vision_tower.", "vision_tower"),
-        ("model.multi_modal_projector.", "projector"),
-        ("model.image_newline", "image_newline"),
-        ("lm_head.", "lm_head"),
-        ("model.language_model.", "language_model"),
-    ),
-    "llava-original": (
-        ("model.vision_tower.vision_tower.", "vision_tower"),
-        ("model.mm_projector.", "projector"),
-        ("model.image_newline", "image_newline"),
-        ("lm_head.", "lm_head"),
-        ("model.", "language_model"),
-    ),
-    "xtuner": (
-        ("visual_encoder.", "vision_tower"),
-        ("projector.model.", "projector"),
-        ("llm.lm_head.", "lm_head"),
-        ("llm.model.", "language_model"),
-    ),
-    "llm-only": (("lm_head.", "lm_head"), ("model.", "language_model")),
-}
-_LAYOUT_PREFIXES["hf-llava-4x"] = _LAYOUT_PREFIXES["hf-llava"]
-_LAYOUT_PREFIXES["llava-original-pretrain"] = _LAYOUT_PREFIXES["llava-original"]
-
-
-def canonical_key(key: str, layout: str) -> str | None:
-    """`vision_tower.vision_model.embeddings.patch_embedding.weight` -> `vision_tower:embeddings.patch_embedding.weight`."""
-    if LORA_PATTERN.search(key):
-        return None
-    for prefix, component in _LAYOUT_PREFIXES.get(layout, ()):
-        if key.startswith(prefix):
-            rest = key[len(prefix):]
-            if component == "vision_tower" and rest.startswith("vision_model."):
-                rest = rest[len("vision_model."):]
-            return f"{component}:{rest}"
-    return None
-
 
 @dataclass(frozen=True)
 class ShapeIssue:
@@ -340,14 +292,9 @@ def _strip_meta_fields(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in drop and not k.startswith("mm_")}
 
 
-def _canonical_memory_keys(state: Mapping[str, Any], rules: tuple[tuple[str, str], ...]) -> dict[str, tuple[int, ...]]:
-    out: dict[str, tuple[int, ...]] = {}
-    for key, tensor in state.items():
-        for prefix, component in rules:
-            if key.startswith(prefix):
-                out[f"{component}:{key[len(prefix):]}"] = tuple(tensor.shape)
-                break
-    return out
+def _canonical_memory_keys(state: Mapping[str, Any], layout: str) -> dict[str, tuple[int, ...]]:
+    canonical = ((canonical_key(key, layout), tuple(tensor.shape)) for key, tensor in state.items())
+    return {key: shape for key, shape in canonical if key is not None}
 
 
 def original_projector_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -421,7 +368,7 @@ def _build_hf(config: Mapping[str, Any], schema: Schema) -> None:
     cfg = config_class.from_dict(dict(config))
     model_class = getattr(transformers, _HF_MODEL_CLASSES[model_type])
     state = _meta_state(lambda: model_class(cfg))
-    schema.expected.update(_canonical_memory_keys(state, _LAYOUT_PREFIXES["hf-llava-memory"]))
+    schema.expected.update(_canonical_memory_keys(state, "hf-llava-memory"))
     schema.source = f"{model_class.__name__} on meta"
 
 
@@ -438,7 +385,7 @@ def _build_original(config: Mapping[str, Any], schema: Schema, root: str | None)
         schema.notes.append(f"original-LLaVA model_type {config.get('model_type')!r} not modelled: LLM not built")
     else:
         state = _text_model_state(transformers, text_type, _strip_meta_fields(config))
-        schema.expected.update(_canonical_memory_keys(state, (("lm_head.", "lm_head"), ("model.", "language_model"))))
+        schema.expected.update(_canonical_memory_keys(state, "llm-only"))
         schema.source = f"{text_type} LLM from the flat config on meta + {config.get('mm_projector_type') or 'linear'} projector"
     vc, where = _vision_config_dict(config, "llava-original", root)
     if not vc:
@@ -461,7 +408,7 @@ def _build_text_only(config: Mapping[str, Any], schema: Schema) -> None:
         schema.notes.append(f"model_type {text_type!r} unknown to transformers: not built")
         return
     state = _text_model_state(transformers, text_type, _strip_meta_fields(config))
-    schema.expected.update(_canonical_memory_keys(state, (("lm_head.", "lm_head"), ("model.", "language_model"))))
+    schema.expected.update(_canonical_memory_keys(state, "llm-only"))
     schema.source = f"{text_type} LLM on meta"
 
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from llava_doctor.artifacts.checkpoint import Checkpoint, TensorInfo
+from llava_doctor.layout import canonical_key
 from llava_doctor.scan import BIT_FORMATS, scan_checkpoint
 from llava_doctor.schema import (
-    build_schema, canonical_key, cheap_issues, config_problems, tower_family_of_keys,
+    build_schema, cheap_issues, config_problems, tower_family_of_keys,
 )
 
 
