@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The core caches its pretrained base tower and healthy model; tests never touch the user's ~/.cache,
+# and one session shares one cache across test files.
+os.environ.setdefault("LLAVA_DOCTOR_CACHE", tempfile.mkdtemp(prefix="llava-doctor-test-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from pathlib import Path
 import torch
 
 from llava_doctor.core import data, images
@@ -21,10 +22,9 @@ from llava_doctor.core.model import (
 from llava_doctor.core.projector import IdentityMap, build_projector
 from llava_doctor.core.stages import apply_stage, expected_trainable, trainable_summary
 from llava_doctor.core.tokenizer import ASSET_DIR, TOKENIZER_FILES, load_tokenizer, tokenizer_corpus, train_tokenizer
-from llava_doctor.core.vision import VisionTower
 from llava_doctor.layout import detect_layout
 
-REPO = ASSET_DIR.parents[3]
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -224,12 +224,9 @@ def test_bundled_tokenizer(tokenizer):
     assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
 
 
-def test_tokenizer_files_are_mirrored_and_reproducible():
-    fixture = REPO / "fixtures" / "tokenizer"
-    if not fixture.is_dir():
-        pytest.skip("not a source checkout")
-    for name in TOKENIZER_FILES:
-        assert (fixture / name).read_bytes() == (ASSET_DIR / name).read_bytes(), name
+def test_tokenizer_ships_from_fixtures_and_is_reproducible():
+    assert ASSET_DIR.resolve() == (REPO / "fixtures" / "tokenizer").resolve()
+    assert all((ASSET_DIR / name).is_file() for name in TOKENIZER_FILES)
     retrained = json.loads(train_tokenizer(tokenizer_corpus()).to_str())
     shipped = json.loads((ASSET_DIR / "tokenizer.json").read_text())
     assert retrained["model"]["vocab"] == shipped["model"]["vocab"] and retrained["model"]["merges"] == shipped["model"]["merges"]
@@ -259,6 +256,46 @@ def test_write_dataset_png_roundtrip(tmp_path):
     assert [r["id"] for r in records] == [s.id for s in samples]
     assert (tmp_path / "images" / samples[0].image_file).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(np.array_equal(r["pixels"], s.image) for r, s in zip(records, samples))
+
+
+def _png_with_filter(image: np.ndarray, kind: int) -> bytes:
+    """An RGB PNG whose every row uses filter `kind` (the residuals computed from the original pixels)."""
+    import struct
+    import zlib
+
+    pixels = image.astype(np.int32)
+    rows = []
+    for r in range(pixels.shape[0]):
+        line = pixels[r].reshape(-1)
+        up = pixels[r - 1].reshape(-1) if r else np.zeros_like(line)
+        left = np.concatenate([np.zeros(3, dtype=np.int32), line[:-3]])
+        up_left = np.concatenate([np.zeros(3, dtype=np.int32), up[:-3]])
+        if kind == 1:
+            pred = left
+        elif kind == 3:
+            pred = (left + up) // 2
+        else:
+            p = left + up - up_left
+            pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - up_left)
+            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, up_left))
+        rows.append(bytes([kind]) + ((line - pred) % 256).astype(np.uint8).tobytes())
+
+    def chunk(tag, body):
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    header = struct.pack(">IIBBBBB", image.shape[1], image.shape[0], 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("kind", [1, 3, 4])
+def test_read_png_decodes_every_filter(tmp_path, kind):
+    image = data.build_samples(1, seed=8)[0].image
+    path = tmp_path / "filtered.png"
+    path.write_bytes(_png_with_filter(image, kind))
+    assert np.array_equal(images.read_png(path), image)
+    path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(ValueError, match="filtered.png"):
+        images.read_png(path)
 
 
 def test_labels_supervise_exactly_the_answers(tokenizer):

@@ -194,7 +194,7 @@ def test_setup_tokenizer_copies_and_follows_train_py(load):
     qwen = load("Qwen2-7B-Instruct")
     main = setup_tokenizer(qwen, "llava", "v1")
     assert main.pad_token is None and qwen.pad_token == "<|endoftext|>"
-    assert setup_tokenizer(qwen, "llava-next", "qwen_2").pad_token == "<|endoftext|>"
+    assert shared_setup(qwen, "llava-next", "qwen_2").pad_token == "<|endoftext|>"
     vicuna = load("vicuna-7b-v1.5")
     assert setup_tokenizer(vicuna, "llava", "v1").pad_token == "<unk>"
     assert setup_tokenizer(vicuna, "llava", "v0").pad_token == "[PAD]" and vicuna.pad_token is None

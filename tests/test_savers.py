@@ -153,6 +153,23 @@ def test_xtuner_pth(core_model, core_state, tmp_path, freeze_llm, freeze_visual_
     assert detect_layout(state) == "xtuner"
 
 
+def test_xtuner_pth_llm_lora(tower_root, tmp_path):
+    pytest.importorskip("peft")
+    from llava_doctor.core.model import build_tiny_model
+    from llava_doctor.core.stages import apply_stage
+
+    model = apply_stage(build_tiny_model(tower_root, seed=5, pretrain_steps=0), "lora")
+    path = savers.save_xtuner_pth(model, tmp_path / "iter_5.pth", freeze_llm=True, freeze_visual_encoder=True)
+    state = load_weights_only(path)["state_dict"]
+    lora = [k for k in state if k.startswith("llm.")]
+    assert lora and all(k.startswith("llm.base_model.model.model.layers.") and ".lora_" in k and k.endswith(".default.weight")
+                        for k in lora)
+    assert "llm.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight" in state
+    assert sorted(k for k in state if not k.startswith("llm.")) == [
+        "projector.model.0.bias", "projector.model.0.weight", "projector.model.2.bias", "projector.model.2.weight"]
+    assert detect_layout(state) == "xtuner"
+
+
 @pytest.mark.parametrize("key_style", ["5.x", "4.x"])
 def test_hf_native(core_model, core_state, tmp_path, key_style):
     from transformers import LlavaForConditionalGeneration

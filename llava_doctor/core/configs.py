@@ -64,10 +64,16 @@ def tiny_vision_config(vision: str = "clip", *, hidden_size: int = 64, num_layer
 DEFAULT_PRETRAIN_STEPS = 300
 
 
+def cache_root() -> Path:
+    """The core's cache (base towers, the healthy model): $LLAVA_DOCTOR_CACHE, else $XDG_CACHE_HOME/llava-doctor."""
+    root = os.environ.get("LLAVA_DOCTOR_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llava-doctor"
+
+
 def default_tower_root() -> Path:
-    """Where base towers are cached: $LLAVA_DOCTOR_CACHE/towers, else ~/.cache/llava-doctor/towers."""
-    base = os.environ.get("LLAVA_DOCTOR_CACHE") or Path.home() / ".cache" / "llava-doctor"
-    return Path(base) / "towers"
+    return cache_root() / "towers"
 
 
 def prepare_vision_tower(

@@ -108,31 +108,30 @@ def read_png(path: str | Path) -> np.ndarray:
     channels = {0: 1, 2: 3, 6: 4}.get(color_type)
     if depth != 8 or channels is None or interlace:
         raise ValueError(f"{path}: unsupported PNG (bit depth {depth}, colour type {color_type}, interlace {interlace})")
-    raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8).reshape(height, 1 + width * channels)
-    out = np.zeros((height, width * channels), dtype=np.int32)
+    try:
+        raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8).reshape(height, 1 + width * channels)
+    except (zlib.error, ValueError) as error:
+        raise ValueError(f"{path}: corrupt PNG image data ({error})") from None
+    out = np.zeros((height, width, channels), dtype=np.int32)
     for row in range(height):
-        kind, line = raw[row, 0], raw[row, 1:].astype(np.int32)
+        kind, line = raw[row, 0], raw[row, 1:].astype(np.int32).reshape(width, channels)
         prev = out[row - 1] if row else np.zeros_like(line)
         if kind == 0:
             out[row] = line
-        elif kind == 2:
+        elif kind == 1:  # Sub: a running sum along the row, per channel
+            out[row] = np.cumsum(line, axis=0) % 256
+        elif kind == 2:  # Up
             out[row] = (line + prev) % 256
-        elif kind in (1, 3, 4):  # these depend on the reconstructed left neighbour: go pixel by pixel
-            cur = np.zeros_like(line)
-            for i in range(line.size):
-                left = cur[i - channels] if i >= channels else 0
-                up_left = prev[i - channels] if i >= channels else 0
-                if kind == 1:
-                    pred = left
-                elif kind == 3:
-                    pred = (left + prev[i]) // 2
-                else:
-                    pred = int(_paeth(np.array(left), np.array(prev[i]), np.array(up_left)))
-                cur[i] = (line[i] + pred) % 256
-            out[row] = cur
+        elif kind in (3, 4):  # Average / Paeth depend on the reconstructed left pixel: pixel by pixel
+            left = up_left = np.zeros(channels, dtype=np.int32)
+            for col in range(width):
+                up = prev[col]
+                pred = (left + up) // 2 if kind == 3 else _paeth(left, up, up_left)
+                left = out[row, col] = (line[col] + pred) % 256
+                up_left = up
         else:
             raise ValueError(f"{path}: bad PNG filter type {kind} on row {row}")
-    pixels = out.astype(np.uint8).reshape(height, width, channels)
+    pixels = out.astype(np.uint8)
     if channels == 1:
         return np.repeat(pixels, 3, axis=2)
     return pixels[:, :, :3].copy()

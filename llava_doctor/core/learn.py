@@ -6,17 +6,15 @@ image." and checks that the greedy answer names its shape, colour and position.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
-
-import torch
 
 from .data import DESCRIBE_PROMPT, ConversationDataset, ShapeSample, default_splits
 from .model import build_tiny_model, generate_greedy
 from .stages import apply_stage
 from .tokenizer import load_tokenizer
-from .train import TrainConfig, TrainResult, train
+from .train import HEALTHY_CONFIG, TrainConfig, TrainResult, train
 
 
 @dataclass
@@ -60,5 +58,5 @@ def train_healthy_model(
     tokenizer = load_tokenizer()
     train_samples, _ = default_splits(n_train=n_train, seed=seed)
     model = apply_stage(build_tiny_model(root, llm, vision, seed=seed, **model_kwargs), stage)
-    result: TrainResult = train(model, ConversationDataset(train_samples, tokenizer), config or TrainConfig(steps=300, seed=seed))
+    result: TrainResult = train(model, ConversationDataset(train_samples, tokenizer), config or replace(HEALTHY_CONFIG, seed=seed))
     return model, tokenizer, result

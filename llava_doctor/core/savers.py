@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..layout import LORA_PATTERN
+
 CORE_TOWER = "model.vision_tower.vision_tower."
 CORE_PROJECTOR = "model.mm_projector."
 CORE_NEWLINE = "model.image_newline"
@@ -150,7 +152,8 @@ def config_dict(model: Any, config: Any = None) -> dict[str, Any]:
         return json.loads(json.dumps(dict(config), default=str))
     out = json.loads(config.to_json_string())  # use_diff, as save_pretrained writes it
     dtype = _parameter_dtype(model)
-    if dtype and not out.get("dtype") and not out.get("torch_dtype"):
+    if dtype:  # like save_pretrained: the weights' dtype, whatever the config said before a .to()
+        out.pop("torch_dtype", None)
         out["dtype"] = dtype
     return out
 
@@ -300,20 +303,34 @@ def save_xtuner_pth(model: Any, path: str | os.PathLike, *, freeze_llm: bool, fr
                     complete: bool = False, iteration: int = 0) -> Path:
     """An XTuner/mmengine ``iter_N.pth``: ``{"meta": {...}, "state_dict": LLaVAModel.state_dict()}``.
 
-    Frozen modules are left out as XTuner's ``LLaVAModel.state_dict`` override does. ``complete=True``
+    Frozen modules are left out as XTuner's ``LLaVAModel.state_dict`` override does; for a PEFT-wrapped
+    model (``llm_lora``) the LLM contributes only its LoRA tensors, adapter name kept
+    (``llm.base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.default.weight``). ``complete=True``
     keeps the frozen encoder's base weights (the maintainer's workaround in InternLM/xtuner#827 of
     forcing ``need_visual_encoder=True``). Only tensors and plain containers: loads with weights_only=True.
     """
     import torch
 
-    state = xtuner_state_dict(model_state(model), freeze_llm=freeze_llm,
-                              freeze_visual_encoder=freeze_visual_encoder and not complete)
+    raw = model_state(model)
+    if hasattr(model, "peft_config"):  # llm_lora: XTuner saves the LLM's LoRA state, never its base weights
+        lora = {f"llm.{k}": v for k, v in raw.items() if LORA_PATTERN.search(k) and CORE_TOWER not in k}
+        base = {_without_peft(k): v for k, v in raw.items() if not LORA_PATTERN.search(k)}
+        state = {**xtuner_state_dict(base, freeze_llm=True, freeze_visual_encoder=freeze_visual_encoder and not complete),
+                 **lora}
+    else:
+        state = xtuner_state_dict(raw, freeze_llm=freeze_llm, freeze_visual_encoder=freeze_visual_encoder and not complete)
     meta = {"iter": int(iteration), "epoch": 0, "mmengine_version": "0.10.3", "xtuner_version": "0.1.23",
             "freeze_llm": bool(freeze_llm), "freeze_visual_encoder": bool(freeze_visual_encoder)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"meta": meta, "state_dict": detached(state)}, path)
     return path
+
+
+def _without_peft(key: str) -> str:
+    """``base_model.model.<key>`` with ``.base_layer`` -> the plain core key."""
+    key = key[len("base_model.model."):] if key.startswith("base_model.model.") else key
+    return key.replace(".base_layer.", ".")
 
 
 # --------------------------------------------------------------------------- transformers-native

@@ -4,20 +4,20 @@ Llama-like: a SentencePiece-style ``Metaspace`` pre-tokenizer (``▁`` marks a w
 merges learnt from the embedded dataset's text, ``<s>`` prepended by the post-processor, and
 the specials ``<unk>`` ``<s>`` ``</s>`` ``<pad>`` ``<image>`` at ids 0-4.
 
-The files live in ``llava_doctor/core/assets/tokenizer/`` (package data, so a wheel carries
-them) and are mirrored in ``fixtures/tokenizer/`` of the source tree; both are written by
-``fixtures/build_tokenizer.py`` and a test keeps them identical and reproducible.
+The files live in ``fixtures/tokenizer/``; the top-level ``fixtures/`` folder ships inside the
+package as ``llava_doctor.fixtures`` (like ``checks/``), so a checkout and a wheel read the same
+files. ``fixtures/build_tokenizer.py`` writes them and a test keeps them reproducible.
 """
 from __future__ import annotations
 
 import itertools
 import json
-import shutil
+from importlib import resources
 from pathlib import Path
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 VOCAB_SIZE = 320
-ASSET_DIR = Path(__file__).resolve().parent / "assets" / "tokenizer"
+ASSET_DIR = Path(str(resources.files("llava_doctor.fixtures") / "tokenizer"))
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -73,12 +73,6 @@ def write_tokenizer(out_dir: str | Path, vocab_size: int = VOCAB_SIZE) -> Path:
     special_map = {**specials, "additional_special_tokens": ["<image>"]}
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2, sort_keys=True) + "\n")
     return out_dir
-
-
-def mirror_files(source: Path, target: Path) -> None:
-    target.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(source / name, target / name)
 
 
 def tokenizer_dir() -> Path:

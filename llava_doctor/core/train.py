@@ -4,7 +4,8 @@ Both loops share the batching, the schedule (linear warmup then cosine decay) an
 which follows the HF Trainer: every ``logging_steps`` a ``log_history`` entry
 ``{"loss", "grad_norm", "learning_rate", "epoch", "step"}`` where ``loss`` is the mean over the
 window and, with ``logging_nan_inf_filter`` (HF's default), a non-finite step loss is replaced
-by the window's running mean - which is how an all-NaN window gets logged as ``0.0``.
+by ``window_sum / (1 + window_steps)`` exactly as the Trainer does - which is how an all-NaN
+window gets logged as ``0.0``.
 ``write_trainer_state`` writes an HF-style ``trainer_state.json``.
 
 DeepSpeed: call ``llava_doctor.core.distributed.init_cpu_distributed`` first (``train_deepspeed``
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -35,6 +36,11 @@ class TrainConfig:
     seed: int = 0
     logging_steps: int = 10
     logging_nan_inf_filter: bool = True
+
+
+# The measured healthy recipe (tests/test_core_learning.py): on the pretrained base tower, 300 steps
+# of batch 16 take the loss from ~5.2 (ln V) to ~0.01 and name 92 % of held-out shapes, all colours.
+HEALTHY_CONFIG = TrainConfig(steps=300)
 
 
 @dataclass
@@ -279,7 +285,3 @@ def train_deepspeed(model, dataset, config: TrainConfig | None = None, *, ds_con
         config, dataset, step_fn, rank=dist.get_rank(), world_size=dist.get_world_size(), collate_fn=collate_fn, on_step=on_step
     )
     return engine, result
-
-
-def config_dict(config: TrainConfig) -> dict[str, Any]:
-    return asdict(config)

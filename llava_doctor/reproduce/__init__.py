@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -81,14 +82,18 @@ def build(name: str, out_dir: str | Path, fixed: bool = False) -> ScenarioResult
         raise InputError(f"{out} is not empty and was not written by llava-doctor reproduce; choose an empty or new directory")
     if previous not in (None, name):
         raise InputError(f"{out} holds scenario {previous!r}; choose another directory for {name!r}")
+    if previous is not None:
+        _remove_previous_build(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     facts = scenario.make(out, fixed)
     seconds = time.perf_counter() - start
     command = ((fixed and scenario.fixed_command) or scenario.command).format(out=_shell_path(out))
     result = ScenarioResult(name=name, fixed=fixed, out_dir=out, command=command, seconds=seconds, facts=facts)
+    written = sorted(p.name for p in out.iterdir()) + [README]
     (out / FACTS).write_text(json.dumps(
-        {"scenario": name, "fixed": fixed, "command": command, "seconds": round(seconds, 2), "facts": facts},
+        {"scenario": name, "fixed": fixed, "command": command, "seconds": round(seconds, 2), "facts": facts,
+         "written": sorted(set(written + [FACTS]))},
         indent=2, sort_keys=True, default=str) + "\n")
     (out / README).write_text(render_readme(scenario, result))
     return result
@@ -99,6 +104,20 @@ def _previous_scenario(out: Path) -> str | None:
         return str(json.loads((out / FACTS).read_text())["scenario"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _remove_previous_build(out: Path) -> None:
+    """Delete what an earlier build of this directory wrote (listed in its scenario.json), nothing else."""
+    try:
+        written = json.loads((out / FACTS).read_text()).get("written", [])
+    except (OSError, ValueError):
+        return
+    for name in written:
+        path = out / Path(name).name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def _shell_path(path: Path) -> str:

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ._common import shapes_dataset, tiny_model, tokenizer
+from ._common import tiny_model, tokenizer
 
 CORE_SOURCES = ("configs.py", "data.py", "images.py", "model.py", "projector.py", "stages.py", "train.py", "vision.py")
 
@@ -28,10 +28,9 @@ def healthy_recipe():
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("LLAVA_DOCTOR_CACHE")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llava-doctor"
+    from ..core.configs import cache_root
+
+    return cache_root()
 
 
 def fingerprint(model, recipe) -> str:
@@ -83,5 +82,3 @@ def trained_model(out: Path) -> tuple[Any, Any]:
     os.replace(partial, path)
     return model.eval(), tok
 
-
-__all__ = ["trained_model", "held_out_sample", "cache_dir", "fingerprint", "healthy_recipe", "shapes_dataset"]

@@ -78,11 +78,20 @@ def make(out: Path, fixed: bool) -> dict[str, Any]:
         "answers": [a.text for a in answers],
         "answer_ids": [a.token_ids for a in answers],
         "longest_token_run": max(longest_run(a.token_ids) for a in answers),
+        "correct_answers": sum(a.text == _truth_sentence(s) for a, s in zip(answers, samples)),
+        "correct_healthy_answers": sum(text == _truth_sentence(s) for text, s in zip(healthy_answers, samples)),
         "distinct_answers": len({a.text for a in answers}),
         "distinct_healthy_answers": len(set(healthy_answers)),
         "healthy_answers": healthy_answers,
         "truths": [f"{s.color} {s.shape} at the {s.position}" for s in samples],
     }
+
+
+def _truth_sentence(sample) -> str:
+    """The embedded dataset's own answer to the describe prompt."""
+    from ..core.data import QUESTIONS
+
+    return QUESTIONS["describe"][1].format(shape=sample.shape, color=sample.color, position=sample.position)
 
 
 SCENARIO = Scenario(

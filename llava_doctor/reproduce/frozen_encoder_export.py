@@ -95,6 +95,6 @@ SCENARIO = Scenario(
             state_dict: "model.vision_tower.embeddings.class_embedding", ...
         Loaded through transformers instead, the tower is silently random-initialised (LOAD REPORT:
         MISSING).""",
-    command="llava-doctor audit {out}/" + PTH,
+    command="llava-doctor audit --fail-on warning {out}/" + PTH,  # LD202 rates a frozen-ViT .pth a warning
     make=make,
 )

@@ -11,8 +11,6 @@ STEPS = 6
 
 
 def make(out: Path, fixed: bool) -> dict[str, Any]:
-    import torch
-
     from ..core import savers
     from ..core.stages import apply_stage, component_of_parameter, trainable_summary
     from ..core.train import TrainConfig, train
@@ -37,7 +35,6 @@ def make(out: Path, fixed: bool) -> dict[str, Any]:
         delta = float((value.detach() - before[key]).abs().max()) if value.numel() else 0.0
         max_change[component] = max(max_change.get(component, 0.0), delta)
         changed[component] = changed.get(component, 0) + int(delta > 0)
-    del torch
     return {
         "stage": "pretrain",
         "tune_mm_mlp_adapter": True,

@@ -149,6 +149,12 @@ SCENARIO = Scenario(
             RuntimeError: probability tensor contains either `inf`, `nan` or element < 0
         (haotian-liu/LLaVA#726, #886). The bundled tokenizer's id 0 is <unk>, so here the run of id 0
         decodes to nothing.""",
+    mechanism="""
+        Real 7B models reach such activations through training (a few "massive activation" channels in
+        the residual stream); a tiny model trained for seconds does not, so the scale is induced by the
+        exact reparametrisation above. scenario.json shows that the float32 answer is the same before and
+        after it ("fp32_text_before_scaling" / "fp32_text_after_scaling") and names the first module whose
+        float16 output is non-finite.""",
     command="llava-doctor generate {out}/model --image {out}/image.png",
     make=make,
 )

@@ -11,8 +11,6 @@ STEPS = 3
 
 
 def make(out: Path, fixed: bool) -> dict[str, Any]:
-    import torch
-
     from ..core import savers
     from ..core.stages import apply_stage
     from ..core.train import TrainConfig, deepspeed_config, train_deepspeed
@@ -34,11 +32,11 @@ def make(out: Path, fixed: bool) -> dict[str, Any]:
         else:
             savers.save_unguarded_zero3(module, weights)
         load_error = _load_into_fresh_model(out, weights)
+        engine.save_checkpoint(str(out / "ds_checkpoint"))  # the engine's own sharded save, from which zero_to_fp32 recovers
     from safetensors import safe_open
 
     with safe_open(str(weights), framework="pt") as f:
         saved = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-    del torch
     return {
         "zero_stage": 3,
         "world_size": 1,
@@ -46,6 +44,7 @@ def make(out: Path, fixed: bool) -> dict[str, Any]:
         "losses": result.losses,
         "checkpoint": "checkpoint",
         "weights": "checkpoint/model.safetensors",
+        "deepspeed_checkpoint": "ds_checkpoint",
         "tensors_saved": len(saved),
         "zero_size_tensors": sum(1 for shape in saved.values() if 0 in shape),
         "in_memory_shapes_sample": dict(list(in_memory.items())[:2]),
@@ -82,7 +81,9 @@ SCENARIO = Scenario(
         model was written to checkpoint/model.safetensors with no deepspeed.zero.GatheredParameters
         around it - what a fork that calls save_pretrained/state_dict directly does. Under ZeRO-3 each
         rank holds only a flat shard (param.ds_tensor); the parameter itself is an empty placeholder,
-        so every saved tensor has shape [0] and the file is a few kilobytes.""",
+        so every saved tensor has shape [0] and the file is a few kilobytes. ds_checkpoint/ is the engine's
+        own save_checkpoint directory of the same run, from which zero_to_fp32.py can still rebuild the
+        weights.""",
     fixed="""
         Same training run; the weights were saved under deepspeed.zero.GatheredParameters (LLaVA's
         maybe_zero_3 pattern), so every tensor has its full shape (DeepSpeed's equivalents:

@@ -6,6 +6,7 @@ tokenize, one call tokenizes them all, and the arithmetic then runs from the cac
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -82,7 +83,8 @@ def _oracle(result: RecipeResult, encode: Encoder, template: Template, facts: Fa
         llama3 = template.sep_style is SepStyle.LLAMA_3
         return oracle_per_turn(encode, result.turn_texts, answers, template.learned_end, has_image=has_image,
                                drop_first_after_first=llama3)
-    return oracle_full_prompt(encode, template, result.messages, has_image=result.image_split, bos_id=facts.bos_id)
+    return oracle_full_prompt(encode, template, result.messages, has_image=result.image_split, bos_id=facts.bos_id,
+                              rendered=result.rendered)
 
 
 def _round_of(position: int, result: RecipeResult) -> int:
@@ -94,10 +96,9 @@ def _round_of(position: int, result: RecipeResult) -> int:
 
 def _true_boundaries(result: RecipeResult, oracle: OracleResult) -> list[int]:
     """Tokens of the full tokenization that lie before each round's end (by character offsets)."""
-    out = []
-    for r in result.rounds:
-        out.append(sum(1 for (s, e) in oracle.char_spans if s < r.char_end or (s == e == 0)))
-    return out
+    # Special tokens added by the tokenizer (BOS) have empty offsets at 0 and count as "before".
+    starts = sorted(s for s, _ in oracle.char_spans)
+    return [bisect_left(starts, r.char_end) for r in result.rounds]
 
 
 def _blank_at_edge(text: str, start: int, end: int, edges: set[int]) -> bool:
@@ -120,7 +121,8 @@ def _compare(analysis: SampleAnalysis, tokenizer: Any, template: Template) -> No
                 break
     if result.mismatch is not None or not analysis.ids_agree:
         return
-    rendered_spans = render(template, result.messages).spans if not result.turn_texts else ()
+    rendered = result.rendered if result.rendered is not None else render(template, result.messages)
+    rendered_spans = rendered.spans if not result.turn_texts else ()
     human_ranges = [(s.start, s.end) for s in rendered_spans if s.role == HUMAN]
     # Per-turn recipes learn the assistant turn's role header on purpose.
     assistant_turns = []
@@ -239,16 +241,17 @@ def analyze(samples: Sequence[SampleInput], tokenizer: Any, template_name: str, 
     facts = Facts.of(tokenizer, max_length)
     encode = encoder if encoder is not None else Encoder(tokenizer)
 
-    def one(k: int, sample: SampleInput) -> SampleAnalysis:
+    def one(k: int, sample: SampleInput, recording: bool = False) -> SampleAnalysis:
         result = recipe.run(sample.conversation, encode, facts, template_name, has_image=sample.has_image,
                             tokenizer=tokenizer)
         analysis = SampleAnalysis(sample, k, result)
-        analysis.oracle = _oracle(result, encode, template, facts, sample.has_image, tokenizer)
+        if not recording:  # the oracle tokenizes the same texts the recipe asked for
+            analysis.oracle = _oracle(result, encode, template, facts, sample.has_image, tokenizer)
         return analysis
 
     encode.recording = True
     for k, sample in enumerate(samples):
-        one(k, sample)
+        one(k, sample, recording=True)
     encode.recording = False
     encode.prefetch()
     out = []

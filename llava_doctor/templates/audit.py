@@ -91,8 +91,16 @@ def _merge(parts: Iterable[ShardResult], template: str) -> ShardResult:
     return merged
 
 
+_WORKER_TOKENIZER: Any = None
+
+
+def _init_worker(tokenizer: Any) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer  # sent once per process, so its set-up copy is made once too
+
+
 def _worker(args: tuple) -> ShardResult:
-    return _shard(*args)
+    return _shard(args[0], _WORKER_TOKENIZER, *args[1:])
 
 
 def _distributed() -> tuple[int, int]:
@@ -125,12 +133,12 @@ def audit_conversations(conversations: Sequence[Any], tokenizer: Any, template: 
             return Report(stats={"rank": rank, "data": {"shard": True}})
         merged = _merge(parts, template)
     elif workers > 1 and len(records) > CHUNK // 4:
-        step = max(1, -(-len(records) // (workers * 4)))
-        jobs = [(records[k:k + step], *common) for k in range(0, len(records), step)]
+        step = max(1, -(-len(records) // workers))
+        jobs = [(records[k:k + step], *common[1:]) for k in range(0, len(records), step)]
         import multiprocessing as mp
 
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with mp.get_context(method).Pool(workers) as pool:
+        with mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(tokenizer,)) as pool:
             merged = _merge(pool.map(_worker, jobs), template)
     else:
         merged = _merge([_shard(records, *common)], template)

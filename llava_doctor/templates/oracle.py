@@ -8,9 +8,10 @@ recipes, the way a registered ``<image>`` special token does) and become IMAGE_T
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
-from .conversation import GPT, IMAGE_TOKEN, Template, render
+from .conversation import GPT, IMAGE_TOKEN, Rendered, Template, render
 from .tokenize import IGNORE_INDEX, IMAGE_TOKEN_INDEX, Encoder
 
 Range = tuple[int, int]
@@ -29,27 +30,34 @@ class OracleResult:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
-def _inside(text: str, start: int, end: int, ranges: list[Range]) -> bool:
-    pos = start
-    while pos < end and text[pos].isspace():
+def _first_visible(text: str, a: int, b: int) -> int:
+    """Position of the first non-blank character of text[a:b] (a when it is all blank)."""
+    pos = a
+    while pos < b and text[pos].isspace():
         pos += 1
-    if pos >= end:
-        pos = start
-    return any(a <= pos < b for a, b in ranges)
+    return pos if pos < b else a
 
 
 def _label_segment(out: OracleResult, encode: Encoder, text: str, base: int, special: bool, drop_first: bool,
                    ranges: list[Range], full_text: str) -> None:
+    """Label one tokenized segment: a token is supervised when its first non-blank character lies in
+    a range. Token positions are non-decreasing, so each range maps to one slice found by bisection."""
     enc = encode.encoded(text, special)
     ids, offsets = enc.ids, enc.offsets
     if drop_first:
         ids, offsets = ids[1:], offsets[1:]
-    for token, (s, e) in zip(ids, offsets):
-        out.input_ids.append(token)
-        a, b = base + s, base + e
-        out.char_spans.append((a, b))
-        supervised = e > s and _inside(full_text, a, b, ranges)
-        out.labels.append(token if supervised else IGNORE_INDEX)
+    spans = [(base + s, base + e) for s, e in offsets]
+    labels = [IGNORE_INDEX] * len(ids)
+    if ranges:
+        positions = [a if b <= a or not full_text[a].isspace() else _first_visible(full_text, a, b) for a, b in spans]
+        for ra, rb in ranges:
+            lo, hi = bisect_left(positions, ra), bisect_left(positions, rb)
+            for k in range(lo, hi):
+                if spans[k][1] > spans[k][0]:
+                    labels[k] = ids[k]
+    out.input_ids.extend(ids)
+    out.char_spans.extend(spans)
+    out.labels.extend(labels)
 
 
 def _append_image(out: OracleResult, at: int) -> None:
@@ -59,13 +67,13 @@ def _append_image(out: OracleResult, at: int) -> None:
 
 
 def oracle_full_prompt(encode: Encoder, template: Template, messages: list[str], *, has_image: bool,
-                       bos_id: int | None, plain: bool = False) -> OracleResult:
+                       bos_id: int | None, rendered: Rendered | None = None) -> OracleResult:
     """Oracle labels for recipes that tokenize the whole rendered prompt at once."""
-    rendered = render(template, messages)
+    rendered = rendered if rendered is not None else render(template, messages)
     text = rendered.text
-    ranges = [(s.start, s.end_stop) for s in rendered.spans if s.role == GPT and s.end_stop > s.start]
+    ranges = sorted((s.start, s.end_stop) for s in rendered.spans if s.role == GPT and s.end_stop > s.start)
     out = OracleResult(spans=ranges, text=text)
-    if not (has_image or plain):
+    if not has_image:
         _label_segment(out, encode, text, 0, True, False, ranges, text)
         return out
     chunks = text.split(IMAGE_TOKEN)
@@ -108,6 +116,7 @@ def oracle_per_turn(encode: Encoder, turn_texts: list[str], answers: list[tuple[
         if end_marker and piece.startswith(end_marker, stop):
             stop += len(end_marker)
         ranges.append((starts[k] + at, starts[k] + stop))
+    ranges.sort()
     out = OracleResult(spans=ranges, text=full)
     for k, piece in enumerate(turn_texts):
         pieces = piece.split(IMAGE_TOKEN) if has_image else [piece]

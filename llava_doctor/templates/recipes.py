@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .conversation import IMAGE_TOKEN, SepStyle, Template, get_template, render
-from .tokenize import IGNORE_INDEX, IMAGE_TOKEN_INDEX, Encoder, image_token_ids, special_split_ids
+from .tokenize import IGNORE_INDEX, IMAGE_TOKEN_INDEX, Encoder, image_token_ids, image_token_length, special_split_ids
 
 CODEBASES = ("llava-1.5", "llava", "llava-next")
 ROLE_KEYS = ("human", "gpt")
@@ -58,6 +58,7 @@ class RecipeResult:
     turn_roles: list[str] = field(default_factory=list)  # per-turn recipes: the role of each turn text
     intentional_unmask: frozenset = frozenset()  # ids the code unmasks on purpose everywhere
     image_split: bool = False  # the prompt went through tokenizer_image_token
+    rendered: Any = None  # the template's Rendered prompt (text + message spans), full-prompt recipes
 
     @property
     def round_lengths(self) -> list[int]:
@@ -180,13 +181,36 @@ class Facts:
         legacy = getattr(tokenizer, "legacy", MISSING)
         extra = getattr(tokenizer, "additional_special_tokens_ids", None)
         if extra is None:
-            names = getattr(tokenizer, "extra_special_tokens", None) or []
-            if isinstance(names, dict):
-                names = list(names.values())
-            extra = [tokenizer.convert_tokens_to_ids(n) for n in names]
+            extra = [tokenizer.convert_tokens_to_ids(n) for n in additional_special_tokens(tokenizer)]
         limit = max_length if max_length is not None else tokenizer.model_max_length
         return cls(tokenizer.bos_token_id, tokenizer.pad_token_id, legacy, int(min(limit, 10**12)),
                    tuple(extra), tokenizer.unk_token_id)
+
+
+def additional_special_tokens(tokenizer: Any) -> list[str]:
+    """What transformers 4.x (which LLaVA-NeXT pins) lists as `additional_special_tokens`: only the
+    entries of that name in the tokenizer folder's special_tokens_map.json / tokenizer_config.json.
+    transformers 5 dropped the attribute; its `extra_special_tokens` also holds bos/eos for some
+    tokenizers, so it is only the fallback for tokenizers that were not loaded from a folder."""
+    import json
+    from pathlib import Path
+
+    folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    if folder.is_dir():
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):
+            path = folder / name
+            try:
+                data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and "additional_special_tokens" in data:
+                items = data["additional_special_tokens"] or []
+                return [i["content"] if isinstance(i, dict) else str(i) for i in items]
+        return []
+    names = getattr(tokenizer, "extra_special_tokens", None) or []
+    if isinstance(names, dict):
+        names = list(names.values())
+    return [str(n) for n in names]
 
 
 class _Missing:
@@ -307,7 +331,7 @@ def _full_ids(result: RecipeResult, text: str, encode: Encoder, facts: Facts, ha
 
 
 def _length(encode: Encoder, text: str, facts: Facts, has_image: bool) -> int:
-    return len(image_token_ids(encode, text, facts.bos_id)) if has_image else len(encode(text))
+    return image_token_length(encode, text, facts.bos_id) if has_image else encode.length(text)
 
 
 def _finish(result: RecipeResult, ids: list[int], labels: list[int], cur_len: int, facts: Facts) -> None:
@@ -359,7 +383,8 @@ def _preprocess_v1(recipe: Recipe, result: RecipeResult, messages: list[str], t:
                    facts: Facts, has_image: bool, tokenizer: Any) -> None:
     messages = _alternating(messages)
     result.messages = messages
-    text = render(t, messages).text
+    result.rendered = render(t, messages)
+    text = result.rendered.text
     _require_pad(facts, has_image)
     ids = _full_ids(result, text, encode, facts, has_image)
     labels = list(ids)
@@ -387,7 +412,8 @@ def _preprocess_llama_2(recipe: Recipe, result: RecipeResult, messages: list[str
     result.messages = messages
     if not messages or not messages[0]:
         raise TrainingCodeCrash("AssertionError: first message should not be none")
-    text = render(t, messages).text
+    result.rendered = render(t, messages)
+    text = result.rendered.text
     _require_pad(facts, has_image)
     ids = _full_ids(result, text, encode, facts, has_image)
     labels = list(ids)
@@ -409,7 +435,8 @@ def _preprocess_mpt(recipe: Recipe, result: RecipeResult, messages: list[str], t
                     facts: Facts, has_image: bool, tokenizer: Any) -> None:
     messages = _alternating(messages)
     result.messages = messages
-    text = render(t, messages).text
+    result.rendered = render(t, messages)
+    text = result.rendered.text
     sep = t.sep + t.roles[1]
     rounds = _mpt_rounds(text, t.sep)
     if recipe.name == "llava-1.5":
@@ -452,7 +479,8 @@ def _preprocess_gemma(recipe: Recipe, result: RecipeResult, messages: list[str],
                       facts: Facts, has_image: bool, tokenizer: Any) -> None:
     messages = _alternating(messages)
     result.messages = messages
-    text = render(t, messages).text
+    result.rendered = render(t, messages)
+    text = result.rendered.text
     _require_pad(facts, has_image)
     ids = _full_ids(result, text, encode, facts, has_image)
     labels = list(ids)

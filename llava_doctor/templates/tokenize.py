@@ -15,10 +15,32 @@ IMAGE_TOKEN_INDEX = -200
 IMAGE_TOKEN = "<image>"
 
 
-@dataclass
 class Encoded:
-    ids: list[int]
-    offsets: list[tuple[int, int]]
+    """One tokenized text. Ids and offsets are converted from the Rust encoding only when asked for:
+    most texts of the training code's arithmetic are only ever counted."""
+
+    __slots__ = ("_ids", "_offsets", "_source", "_len")
+
+    def __init__(self, ids: list[int] | None, offsets: list[tuple[int, int]] | None = None, source: Any = None) -> None:
+        self._ids = ids
+        self._offsets = offsets
+        self._source = source
+        self._len = len(ids) if ids is not None else len(source)
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def ids(self) -> list[int]:
+        if self._ids is None:
+            self._ids = list(self._source.ids)
+        return self._ids
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        if self._offsets is None:
+            self._offsets = list(self._source.offsets) if self._source is not None else [(0, 0)] * len(self.ids)
+        return self._offsets
 
 
 @dataclass
@@ -56,6 +78,13 @@ class Encoder:
     def __call__(self, text: str, special: bool = True) -> list[int]:
         return self.encoded(text, special).ids
 
+    def length(self, text: str, special: bool = True) -> int:
+        return len(self.encoded(text, special))
+
+    def starts_with(self, text: str, token: int | None) -> bool:
+        enc = self.encoded(text, True)
+        return token is not None and len(enc) > 0 and enc.ids[0] == token
+
     def encoded(self, text: str, special: bool = True) -> Encoded:
         key = (text, special)
         hit = self._cache.get(key)
@@ -83,7 +112,7 @@ class Encoder:
 
     def _encode_batch(self, texts: list[str], special: bool) -> list[Encoded]:
         if self._rust is not None:
-            return [Encoded(e.ids, e.offsets) for e in self._rust.encode_batch(texts, add_special_tokens=special)]
+            return [Encoded(None, None, e) for e in self._rust.encode_batch(texts, add_special_tokens=special)]
         out = self.tokenizer(texts, add_special_tokens=special, return_offsets_mapping=getattr(self.tokenizer, "is_fast", False))
         offsets = out.get("offset_mapping") or [[(0, 0)] * len(ids) for ids in out["input_ids"]]
         return [Encoded(list(ids), [tuple(o) for o in offs]) for ids, offs in zip(out["input_ids"], offsets)]
@@ -107,6 +136,13 @@ def image_token_ids(encode: Encoder, text: str, bos_id: int | None) -> list[int]
             out.extend(([IMAGE_TOKEN_INDEX] * (offset + 1))[offset:])
         out.extend(chunk[offset:])
     return out
+
+
+def image_token_length(encode: Encoder, text: str, bos_id: int | None) -> int:
+    """len(image_token_ids(...)) without building the list."""
+    chunks = text.split(IMAGE_TOKEN)
+    strip = 1 if encode.starts_with(chunks[0], bos_id) else 0
+    return strip + sum(max(0, encode.length(c) - strip) for c in chunks) + (len(chunks) - 1)
 
 
 def special_split_ids(encode: Encoder, text: str, image_id: int) -> list[int]:
