@@ -120,6 +120,7 @@ _COMPONENT_ROOTS: dict[str, tuple[tuple[str, str], ...]] = {
         ("llm.model.", "language_model"),
     ),
     "llm-only": (("lm_head.", "lm_head"), ("model.", "language_model")),
+    "vision-only": (("", "vision_tower"),),
 }
 _COMPONENT_ROOTS["hf-llava-4x"] = _COMPONENT_ROOTS["hf-llava"]
 _COMPONENT_ROOTS["llava-original-pretrain"] = _COMPONENT_ROOTS["llava-original"]

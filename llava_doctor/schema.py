@@ -398,7 +398,7 @@ def _build_original(config: Mapping[str, Any], schema: Schema, root: str | None)
     vcfg = transformers.CONFIG_MAPPING[vision_type].from_dict(vc)
     model_class = transformers.CLIPVisionModel if vision_type == "clip_vision_model" else transformers.SiglipVisionModel
     state = _meta_state(lambda: model_class(vcfg))
-    schema.expected.update(_canonical_memory_keys(state, (("vision_model.", "vision_tower"), ("", "vision_tower"))))
+    schema.expected.update(_canonical_memory_keys(state, "vision-only"))
 
 
 def _build_text_only(config: Mapping[str, Any], schema: Schema) -> None:

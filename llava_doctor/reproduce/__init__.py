@@ -43,6 +43,7 @@ class Scenario:
     command: str  # the llava-doctor command that shows it; "{out}" is the output directory
     make: Callable[[Path, bool], dict[str, Any]]  # writes the artifacts, returns facts (JSON-able)
     mechanism: str = ""  # how the core recreates it, where that differs from the real systems
+    codes: tuple[str, ...] = ()  # the catalogue codes (DESIGN.md) that diagnose it
     fixed_command: str = ""  # the twin's command when it differs (e.g. another template)
 
 

@@ -95,6 +95,7 @@ SCENARIO = Scenario(
             state_dict: "model.vision_tower.embeddings.class_embedding", ...
         Loaded through transformers instead, the tower is silently random-initialised (LOAD REPORT:
         MISSING).""",
+    codes=("LD202",),
     command="llava-doctor audit --fail-on warning {out}/" + PTH,  # LD202 rates a frozen-ViT .pth a warning
     make=make,
 )

@@ -79,6 +79,7 @@ SCENARIO = Scenario(
             "--tune_mm_mlp_adapter True shall make LLM weights frozen."
         thunlp/LLaVA-UHD#24 found trainable LLM parameters in
         pretraining.""",
+    codes=("LD302",),
     command="llava-doctor audit {out}/trained --base {out}/base --stage pretrain --deep",
     make=make,
 )

@@ -76,6 +76,7 @@ SCENARIO = Scenario(
         after every logging reset, so every logged loss is 0.0. The real HF Trainer is not run here; the
         filter arithmetic is the one in transformers/trainer.py. With num_items_in_batch (transformers'
         sum/num_items path) the step loss is 0/0 = NaN as well and the same filter logs 0.0.""",
+    codes=("LD401", "LD402"),
     command="llava-doctor logs {out}/trainer_state.json",
     make=make,
 )

@@ -155,6 +155,7 @@ SCENARIO = Scenario(
         exact reparametrisation above. scenario.json shows that the float32 answer is the same before and
         after it ("fp32_text_before_scaling" / "fp32_text_after_scaling") and names the first module whose
         float16 output is non-finite.""",
+    codes=("LD502", "LD503"),
     command="llava-doctor generate {out}/model --image {out}/image.png",
     make=make,
 )

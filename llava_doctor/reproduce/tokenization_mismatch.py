@@ -105,6 +105,7 @@ SCENARIO = Scenario(
         llava-v1.6-34b with --version v1, "102 vs. 104", loss 0.0; the maintainer's answer in #375: "most
         issues of loss=0 is related to the tokenizer version mismatch"). This run's warnings are in
         scenario.json ("warnings").""",
+    codes=("LD101", "LD103"),
     command=f"llava-doctor data {{out}}/data.json --tokenizer {{out}}/tokenizer --template {BROKEN_TEMPLATE} --recipe {RECIPE}",
     fixed_command=f"llava-doctor data {{out}}/data.json --tokenizer {{out}}/tokenizer --template {FIXED_TEMPLATE} --recipe {RECIPE}",
     make=make,

@@ -95,6 +95,7 @@ SCENARIO = Scenario(
         (OpenRLHF/OpenRLHF#839; the message this scenario's file gives is in scenario.json,
         "load_error"). Printing a weight shows tensor([], dtype=torch.float16); adapter files of
         40-443 bytes (huggingface/trl#4416, huggingface/peft#286).""",
+    codes=("LD201",),
     command="llava-doctor audit {out}/checkpoint",
     make=make,
 )
