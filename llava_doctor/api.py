@@ -55,3 +55,31 @@ def audit(
             }
         )
     return report
+
+
+def check_logs(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    select: Iterable[str] = ("ALL",),
+    ignore: Iterable[str] = (),
+    min_run: int = 3,
+    severity: Mapping[str, Severity] | None = None,
+) -> Report:
+    """Check training logs (trainer_state.json, run dirs, JSONL, text logs). Raises InputError for unreadable input."""
+    from .artifacts.training_log import read_training_log
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    context = Context(options={"min_run": min_run})
+    report = Report()
+    for path in paths:
+        log = read_training_log(path)
+        report.add_artifact(log.name)
+        findings = run_checks(log, "TrainingLog", context, select=tuple(select), ignore=tuple(ignore))
+        report.extend(apply_severity_overrides(findings, severity))
+        report.stats.setdefault("logs", []).append(
+            {"artifact": log.name, "format": log.source, "train_steps": len(log.steps), "evals": len(log.evals),
+             "first_step": log.steps[0].step if log.steps else None,
+             "last_step": log.steps[-1].step if log.steps else None}
+        )
+    return report

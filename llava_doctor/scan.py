@@ -171,6 +171,18 @@ def _tensor_chunks(tensor: Any, fmt: BitFormat, chunk_bytes: int) -> Iterator[np
         yield ints[start:start + step].numpy().view(fmt.uint)
 
 
+def tensor_bit_chunks(
+    checkpoint: Checkpoint, info: TensorInfo, fmt: BitFormat, buf: bytearray, open_file: Callable[[str], Any]
+) -> Iterator[np.ndarray]:
+    """One tensor's raw bits in chunks: readinto `buf` when addressable (`open_file(rel)` gives an
+    unbuffered file), else through the checkpoint's loader. Chunks are valid until the next one."""
+    if _addressable(info, np.dtype(fmt.uint).itemsize):
+        return _file_chunks(open_file(info.file), buf, info, fmt)
+    if checkpoint.loader is not None:
+        return _tensor_chunks(checkpoint.load_tensor(info), fmt, len(buf))
+    raise ValueError("data not addressable and no loader")
+
+
 def _result(info: TensorInfo, fmt: BitFormat, acc: _Accumulator, counts: tuple[int, int]) -> TensorScan:
     all_zero = acc.absmax == 0
     constant = not all_zero and not acc.varies and acc.lo is not None

@@ -1,0 +1,88 @@
+"""In-memory base/trained checkpoint pairs for LD302 and LD303's examples (numpy data, no files)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from llava_doctor.registry import Context
+
+from ._checkpoint_examples import checkpoint
+
+# original-LLaVA key -> (shape, numpy dtype name); one or two tensors per component
+TENSORS = {
+    "model.vision_tower.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight": ((8, 8), "float16"),
+    "model.vision_tower.vision_tower.vision_model.post_layernorm.weight": ((8,), "float32"),
+    "model.mm_projector.0.weight": ((8, 8), "float32"),
+    "model.mm_projector.0.bias": ((8,), "float32"),
+    "model.embed_tokens.weight": ((16, 8), "float16"),
+    "model.layers.0.self_attn.q_proj.weight": ((8, 8), "float16"),
+    "model.norm.weight": ((8,), "float32"),
+    "lm_head.weight": ((16, 8), "float16"),
+}
+# the same tensors under transformers 5.x on-disk keys
+HF_KEYS = {
+    "model.vision_tower.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight": "vision_tower.encoder.layers.0.mlp.fc1.weight",
+    "model.vision_tower.vision_tower.vision_model.post_layernorm.weight": "vision_tower.post_layernorm.weight",
+    "model.mm_projector.0.weight": "multi_modal_projector.linear_1.weight",
+    "model.mm_projector.0.bias": "multi_modal_projector.linear_1.bias",
+    "model.embed_tokens.weight": "language_model.model.embed_tokens.weight",
+    "model.layers.0.self_attn.q_proj.weight": "language_model.model.layers.0.self_attn.q_proj.weight",
+    "model.norm.weight": "language_model.model.norm.weight",
+    "lm_head.weight": "language_model.lm_head.weight",
+}
+COMPONENT_PREFIXES = {
+    "vision_tower": "model.vision_tower.",
+    "projector": "model.mm_projector.",
+    "lm_head": "lm_head.",
+}
+
+
+def _component(key: str) -> str:
+    for component, prefix in COMPONENT_PREFIXES.items():
+        if key.startswith(prefix):
+            return component
+    return "language_model"
+
+
+def _arrays(changed: Iterable[str], *, drop: Iterable[str] = ()) -> dict[str, Any]:
+    """The base's values (seeded), with every tensor of the `changed` components nudged by a small step."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    changed, drop = set(changed), set(drop)
+    data = {}
+    for key, (shape, dtype) in TENSORS.items():
+        if _component(key) in drop:
+            continue
+        value = (np.round(rng.standard_normal(shape) * 64) / 64).astype(dtype)  # exact in float16, so Δ is exactly 0.25
+        if _component(key) in changed:
+            value.reshape(-1)[:3] += np.asarray(0.25, dtype=dtype)
+        data[key] = value
+    return data
+
+
+def _build(data: dict[str, Any], *, hf: bool = False, config: dict | None = None, name: str = "trained"):
+    if hf:
+        data = {HF_KEYS[k]: v for k, v in data.items()}
+    return checkpoint({k: v.shape for k, v in data.items()}, data=data, config=config, name=name)
+
+
+def pair(
+    stage: str | None,
+    changed: Iterable[str],
+    *,
+    base: bool = True,
+    base_hf: bool = False,
+    base_drop: Iterable[str] = (),
+    config: dict | None = None,
+) -> tuple[Callable[[], Any], Callable[[], Context]]:
+    """(build, context) for an Example: trained differs from its base exactly in `changed` components."""
+    changed, base_drop = tuple(changed), tuple(base_drop)
+
+    def build():
+        return _build(_arrays(changed), config=config)
+
+    def context() -> Context:
+        companion = _build(_arrays((), drop=base_drop), hf=base_hf, name="base") if base else None
+        return Context(deep=True, stage=stage, base=companion)
+
+    return build, context
