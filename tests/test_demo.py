@@ -17,11 +17,10 @@ def test_demo_catches_the_broken_scenarios_and_passes_their_twins(tmp_path):
                                        "--only", "tokenization-mismatch", "--only", "llm-not-frozen"])
     rows = {tuple(line.split()[:2]): line.split() for line in result.output.splitlines()
             if line.split()[:1] and line.split()[0] in {"zero3-save", "frozen-encoder-export", "tokenization-mismatch", "llm-not-frozen"}}
-    for name in ("zero3-save", "frozen-encoder-export", "tokenization-mismatch"):
+    for name in ("zero3-save", "frozen-encoder-export", "tokenization-mismatch", "llm-not-frozen"):
         assert rows[name, "broken"][3] == "CAUGHT", result.output
         assert rows[name, "fixed"][3] == "clean", result.output
-    assert rows["llm-not-frozen", "broken"][3:5] == ["no", "check"], result.output  # LD302 is not built yet
-    assert "3 of 3 checked failures caught, 0 false alarm(s)" in result.output
+    assert "4 of 4 checked failures caught, 0 false alarm(s)" in result.output
     assert result.exit_code == 0
     facts = json.loads((out / "zero3-save" / "broken" / "scenario.json").read_text())
     assert facts["scenario"] == "zero3-save" and (out / "zero3-save" / "broken" / "README.txt").is_file()
