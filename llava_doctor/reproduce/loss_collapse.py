@@ -59,7 +59,7 @@ SCENARIO = Scenario(
         (target[:] = IGNORE_INDEX), or when a chat template lacks {{% generation %}} and the assistant mask
         is all zeros. The log is written to trainer_state.json every {LOGGING_STEPS} steps the way the HF
         Trainer writes log_history.""",
-    fixed=f"""
+    fixed="""
         Same run with the labels the data actually has (answers and their </s> supervised): the logged
         loss falls from about ln(vocab) and the weights move.""",
     seen="""
