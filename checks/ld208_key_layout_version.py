@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from llava_doctor.findings import Finding, Severity
-from llava_doctor.layout import LORA_PATTERN
+from llava_doctor.layout import LORA_PATTERN, vision_tower_unfrozen
 from llava_doctor.registry import Check, Context, Example
 
 from ._checkpoint_examples import checkpoint, clip_tower, hf_llava, hf_llava_config, original_llava, xtuner_pth
@@ -74,6 +74,9 @@ class KeyLayoutVersion(Check):
         Example("4.x keys written by 4.x", _hf(True, "4.45.2")),
         Example("checkpoint without a tower", lambda: checkpoint(hf_llava(tower=False), config=hf_llava_config())),
         Example("XTuner 4.x keys", lambda: checkpoint(xtuner_pth(visual_encoder=True), file="iter_1.pth")),
+        Example("original LLaVA, frozen tower saved by transformers 5 (delay_load ignores it)", lambda: checkpoint(
+            {**original_llava(), **clip_tower("model.vision_tower.vision_tower.")},
+            config={"mm_vision_tower": "openai/clip-vit-large-patch14-336", "mm_hidden_size": 96})),
     )
     invalid = (
         Example("5.x keys", _hf(False), count=1,
@@ -96,6 +99,9 @@ class KeyLayoutVersion(Check):
         if not without:
             return
         config = artifact.config or {}
+        if artifact.layout == "llava-original" and artifact.config and not vision_tower_unfrozen(config):
+            # delay_load discards a frozen tower's keys whatever their style and loads mm_vision_tower
+            return
         writer = config.get("transformers_version")
         written = f" (config says transformers {writer})" if writer else ""
         consumers = CONSUMERS[artifact.layout]

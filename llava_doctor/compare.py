@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .artifacts.checkpoint import Checkpoint, TensorInfo
-from .layout import canonical_key, detect_layout, strip_peft_prefix
+from .layout import canonical_key, detect_layout, strip_peft_prefix, vision_tower_unfrozen
 from .scan import BIT_FORMATS, DEFAULT_BUFFER_BYTES, BitFormat, tensor_bit_chunks
 
 COMPARE_NOTE = "compare"
@@ -214,14 +214,6 @@ def cached_comparison(trained: Checkpoint, base: Checkpoint) -> Comparison:
     result = compare_checkpoints(trained, base)
     trained.notes[COMPARE_NOTE] = (base, result)
     return result
-
-
-def vision_tower_unfrozen(config: dict | None) -> bool:
-    """Whether the run's config says the vision tower was trained (LLaVA and LLaVA-NeXT flags)."""
-    if not config:
-        return False
-    tunable = str(config.get("mm_tunable_parts") or "")
-    return bool(config.get("unfreeze_mm_vision_tower")) or "mm_vision_tower" in tunable.split(",")
 
 
 def expected_changes(stage: str, config: dict | None) -> dict[str, bool]:

@@ -230,3 +230,11 @@ def config_kind(config: Mapping | None) -> str | None:
     if model_type in ("llava", "llava_next", "llava_onevision"):
         return "hf-llava" if model_type == "llava" else "hf-llava-next" if model_type == "llava_next" else "hf-llava-onevision"
     return "hf-other"
+
+
+def vision_tower_unfrozen(config: Mapping | None) -> bool:
+    """Whether the run's config says the vision tower was trained (LLaVA and LLaVA-NeXT flags)."""
+    if not config:
+        return False
+    tunable = str(config.get("mm_tunable_parts") or "")
+    return bool(config.get("unfreeze_mm_vision_tower")) or "mm_vision_tower" in tunable.split(",")

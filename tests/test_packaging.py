@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -36,10 +37,15 @@ def test_checks_come_from_the_source_folder_in_this_install():
 @pytest.mark.slow
 def test_built_wheel_ships_the_checks(tmp_path):
     wheel_dir = tmp_path / "wheel"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(ROOT)],
-        check=True, capture_output=True, text=True,
-    )
+    build_dir_existed = (ROOT / "build").exists()
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(ROOT)],
+            check=True, capture_output=True, text=True,
+        )
+    finally:  # setuptools builds in ROOT/build; leave the source tree as it was
+        if not build_dir_existed:
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     wheel = next(wheel_dir.glob("llava_doctor-*.whl"))
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
