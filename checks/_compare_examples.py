@@ -86,3 +86,43 @@ def pair(
         return Context(deep=True, stage=stage, base=companion)
 
     return build, context
+
+
+TOWER_PREFIX = "model.vision_tower.vision_tower."
+
+
+def tower_pair(
+    tower: str,
+    *,
+    config: dict | None = None,
+    base_vision_model: bool = True,
+    base: bool = True,
+) -> tuple[Callable[[], Any], Callable[[], Context]]:
+    """(build, context) for LD304: an original-LLaVA checkpoint and its base tower as a vision-only checkpoint.
+
+    `tower` is "base" (the checkpoint's tower equals the base), "random" (every tower tensor redrawn)
+    or "one" (only the first tower tensor nudged). The base is handed over as the
+    ``vision_tower_base`` option, standing in for the folder that ``mm_vision_tower`` names.
+    """
+    import numpy as np
+
+    settings = {"mm_vision_tower": "/nonexistent-example/base-tower", "mm_hidden_size": 8, **(config or {})}
+
+    def build():
+        data = _arrays(())
+        tower_keys = [k for k in data if k.startswith(TOWER_PREFIX)]
+        rng = np.random.default_rng(1)
+        for index, key in enumerate(tower_keys):
+            if tower == "random" or (tower == "one" and index == 0):
+                data[key] = rng.standard_normal(data[key].shape).astype(data[key].dtype)
+        return _build(data, config=settings)
+
+    def context() -> Context:
+        if not base:
+            return Context(deep=True)
+        strip = len(TOWER_PREFIX) + (0 if base_vision_model else len("vision_model."))
+        tower_data = {k[strip:]: v for k, v in _arrays(()).items() if k.startswith(TOWER_PREFIX)}
+        companion = checkpoint({k: v.shape for k, v in tower_data.items()}, data=tower_data, name="base-tower")
+        return Context(deep=True, options={"vision_tower_base": companion})
+
+    return build, context
