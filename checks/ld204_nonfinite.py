@@ -32,10 +32,6 @@ def _example(poison: str | None = None, value: float = float("nan"), count: int 
     return build
 
 
-def _deep() -> Context:
-    return Context(deep=True)
-
-
 class NonFiniteValues(Check):
     code = "LD204"
     title = "NaN or Inf values in a tensor"
@@ -58,14 +54,14 @@ class NonFiniteValues(Check):
     NaN (`llava-doctor logs trainer_state.json`).
     """
     valid = (
-        Example("clean tensors", _example(), context=_deep),
-        Example("inf-free constant norm", _example("model.norm.weight", 1.0), context=_deep),
+        Example("clean tensors", _example()),
+        Example("inf-free constant norm", _example("model.norm.weight", 1.0)),
     )
     invalid = (
-        Example("one NaN in a projector bias", _example("model.mm_projector.2.bias"), context=_deep,
+        Example("one NaN in a projector bias", _example("model.mm_projector.2.bias"),
                 count=1, contains=("model.mm_projector.2.bias", "1 NaN")),
         Example("Inf in an fp16 LLM weight", _example("model.layers.0.mlp.up_proj.weight", float("inf"), 3),
-                context=_deep, count=1, contains=("model.layers.0.mlp.up_proj.weight", "3 Inf", "of 128")),
+                count=1, contains=("model.layers.0.mlp.up_proj.weight", "3 Inf", "of 128")),
     )
 
     def run(self, artifact, context: Context) -> Iterable[Finding]:

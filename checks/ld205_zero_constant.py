@@ -49,10 +49,6 @@ def _example(zero: tuple[str, ...] = (), constant: tuple[str, ...] = ()):
     return build
 
 
-def _deep() -> Context:
-    return Context(deep=True)
-
-
 class ZeroOrConstantTensors(Check):
     code = "LD205"
     title = "all-zero or constant tensors"
@@ -76,17 +72,17 @@ class ZeroOrConstantTensors(Check):
     `--pretrain_mm_mlp_adapter mm_projector.bin`) before training or saving.
     """
     valid = (
-        Example("trained weights, zero biases, unit norm weights", _example(), context=_deep),
+        Example("trained weights, zero biases, unit norm weights", _example()),
     )
     invalid = (
-        Example("zeroed projector matrix", _example(zero=("model.mm_projector.0.weight",)), context=_deep,
+        Example("zeroed projector matrix", _example(zero=("model.mm_projector.0.weight",)),
                 count=1, contains=("model.mm_projector.0.weight", "all zero", "projector")),
         Example("constant attention matrices", _example(constant=("model.layers.0.self_attn.q_proj.weight",
                                                                    "model.layers.0.self_attn.k_proj.weight")),
-                context=_deep, count=1, contains=("2 of", "constant 0.5", "q_proj")),
+                count=1, contains=("2 of", "constant 0.5", "q_proj")),
         Example("zero norm weight and zero image_newline",
                 _example(zero=("model.layers.0.input_layernorm.weight", "model.image_newline")),
-                context=_deep, count=2, contains=("input_layernorm.weight", "model.image_newline")),
+                count=2, contains=("input_layernorm.weight", "model.image_newline")),
     )
 
     def run(self, artifact, context: Context) -> Iterable[Finding]:
