@@ -5,37 +5,9 @@ from typing import Iterable
 
 from llava_doctor.findings import Finding, Severity
 from llava_doctor.registry import Check, Context, Example
+from llava_doctor.compare import STAGE_POLICY, example_names, format_delta, max_delta
 
 from ._compare_examples import pair
-
-EXAMPLES_SHOWN = 2
-
-# why the component should be unchanged, per stage
-STAGE_POLICY = {
-    "pretrain": "stage pretrain trains only the projector",
-    "finetune": "stage finetune keeps the vision tower frozen (unfreeze_mm_vision_tower is not set)",
-    "lora": "stage lora trains only the LoRA adapters and the projector",
-}
-
-
-def format_delta(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return "NaN" if value != value else f"{value:.3g}"
-
-
-def example_names(diffs, limit: int = EXAMPLES_SHOWN) -> str:
-    names = [d.name for d in diffs]
-    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
-
-
-def _max_delta(diffs) -> float | None:
-    values = [d.max_abs_diff for d in diffs if d.max_abs_diff is not None]
-    numbers = [v for v in values if v == v]
-    if numbers:
-        return max(numbers)
-    return values[0] if values else None
-
 
 class FrozenComponentChanged(Check):
     code = "LD302"
@@ -104,7 +76,7 @@ class FrozenComponentChanged(Check):
             yield self._finding(artifact, context, component, diffs, changed)
 
     def _finding(self, artifact, context: Context, component: str, diffs, changed) -> Finding:
-        delta = format_delta(_max_delta(changed))
+        delta = format_delta(max_delta(changed))
         message = (
             f"{component}: {len(changed)} of {len(diffs)} tensors differ from the base "
             f"(e.g. {example_names(changed)}), max |Δ| {delta}; expected unchanged: {STAGE_POLICY[context.stage]}"
@@ -119,5 +91,5 @@ class FrozenComponentChanged(Check):
             component=component,
             stage=context.stage,
             tensors=[d.name for d in changed],
-            max_abs_diff=_max_delta(changed),
+            max_abs_diff=max_delta(changed),
         )

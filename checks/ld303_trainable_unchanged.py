@@ -5,9 +5,9 @@ from typing import Iterable
 
 from llava_doctor.findings import Finding, Severity
 from llava_doctor.registry import Check, Context, Example
+from llava_doctor.compare import STAGE_POLICY, example_names
 
 from ._compare_examples import pair
-from .ld302_frozen_changed import STAGE_POLICY, example_names
 
 
 class TrainableComponentUnchanged(Check):

@@ -7,9 +7,9 @@ from typing import Any, Iterable
 from llava_doctor.findings import Finding, InputError, Severity
 from llava_doctor.layout import config_kind, vision_tower_unfrozen
 from llava_doctor.registry import Check, Context, Example
+from llava_doctor.compare import example_names, format_delta, max_delta
 
 from ._compare_examples import tower_pair
-from .ld302_frozen_changed import _max_delta, example_names, format_delta
 
 BASE_TOWER_NOTE = "base_tower"
 BASE_OPTION = "vision_tower_base"  # a Checkpoint standing in for the folder mm_vision_tower names
@@ -123,7 +123,7 @@ class TowerNotBase(Check):
         yield self._finding(artifact, where, diffs, changed)
 
     def _finding(self, artifact, where: str, diffs, changed) -> Finding:
-        largest = _max_delta(changed)
+        largest = max_delta(changed)
         delta = format_delta(largest)
         message = (
             f"vision_tower: {len(changed)} of {len(diffs)} tensors differ from the base tower at {where} "

@@ -222,3 +222,34 @@ def expected_changes(stage: str, config: dict | None) -> dict[str, bool]:
 
     policy = expected_trainable(stage, vision_tower_unfrozen(config))
     return {component: trains for component, trains in policy.items() if component != "lora"}
+
+
+# --- wording shared by the checks that report comparisons (LD302-LD304) ------------------------
+
+EXAMPLES_SHOWN = 2
+
+# why the component should be unchanged, per stage
+STAGE_POLICY = {
+    "pretrain": "stage pretrain trains only the projector",
+    "finetune": "stage finetune keeps the vision tower frozen (unfreeze_mm_vision_tower is not set)",
+    "lora": "stage lora trains only the LoRA adapters and the projector",
+}
+
+
+def format_delta(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return "NaN" if value != value else f"{value:.3g}"
+
+
+def example_names(diffs, limit: int = EXAMPLES_SHOWN) -> str:
+    names = [d.name for d in diffs]
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def max_delta(diffs) -> float | None:
+    values = [d.max_abs_diff for d in diffs if d.max_abs_diff is not None]
+    numbers = [v for v in values if v == v]
+    if numbers:
+        return max(numbers)
+    return values[0] if values else None

@@ -15,6 +15,7 @@ COMMANDS = {
     "data": "data",
     "demo": "demo",
     "explain": "rules",
+    "generate": "generate",
     "logs": "logs",
     "reproduce": "reproduce",
     "rules": "rules",
