@@ -19,6 +19,14 @@ def apply_severity_overrides(findings: Iterable[Finding], overrides: Mapping[str
     return [replace(f, severity=overrides[f.code]) if f.code in overrides else f for f in findings]
 
 
+def _check_into(report: Report, artifact, name: str, kind: str, context: Context, *, select: Iterable[str],
+                ignore: Iterable[str], severity: Mapping[str, Severity] | None) -> None:
+    """Run the checks of `kind` on one artifact and add what they find to `report`."""
+    report.add_artifact(name)
+    findings = run_checks(artifact, kind, context, select=tuple(select), ignore=tuple(ignore))
+    report.extend(apply_severity_overrides(findings, severity))
+
+
 def audit(
     paths: str | os.PathLike | Sequence[str | os.PathLike],
     *,
@@ -42,9 +50,8 @@ def audit(
     report = Report()
     for path in paths:
         checkpoint = open_checkpoint(path)
-        report.add_artifact(checkpoint.name)
-        findings = run_checks(checkpoint, "Checkpoint", context, select=select, ignore=ignore)
-        report.extend(apply_severity_overrides(findings, severity))
+        _check_into(report, checkpoint, checkpoint.name, "Checkpoint", context, select=select, ignore=ignore,
+                    severity=severity)
         report.stats.setdefault("checkpoints", []).append(
             {
                 "artifact": checkpoint.name,
@@ -74,12 +81,31 @@ def check_logs(
     report = Report()
     for path in paths:
         log = read_training_log(path)
-        report.add_artifact(log.name)
-        findings = run_checks(log, "TrainingLog", context, select=tuple(select), ignore=tuple(ignore))
-        report.extend(apply_severity_overrides(findings, severity))
+        _check_into(report, log, log.name, "TrainingLog", context, select=select, ignore=ignore, severity=severity)
         report.stats.setdefault("logs", []).append(
             {"artifact": log.name, "format": log.source, "train_steps": len(log.steps), "evals": len(log.evals),
              "first_step": log.steps[0].step if log.steps else None,
              "last_step": log.steps[-1].step if log.steps else None}
         )
+    return report
+
+
+def check_generation(
+    generation,
+    *,
+    select: Iterable[str] = ("ALL",),
+    ignore: Iterable[str] = (),
+    severity: Mapping[str, Severity] | None = None,
+) -> Report:
+    """Check one Generation (see llava_doctor.artifacts.generation.run_generation for producing it)."""
+    report = Report()
+    _check_into(report, generation, generation.name, "Generation", Context(), select=select, ignore=ignore,
+                severity=severity)
+    report.stats["generation"] = {
+        "artifact": generation.name, "dtype": generation.dtype, "prompt": generation.prompt,
+        "generated_ids": list(generation.token_ids), "generated_text": generation.text,
+        "nonfinite_logit_steps": list(generation.nonfinite_steps),
+        "first_nonfinite_module": generation.first_nonfinite_module,
+        "first_nonfinite_step": generation.first_nonfinite_step,
+    }
     return report

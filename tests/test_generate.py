@@ -12,7 +12,7 @@ from click.testing import CliRunner  # noqa: E402
 from llava_doctor import reproduce  # noqa: E402
 from llava_doctor.artifacts.generation import read_config, run_generation  # noqa: E402
 from llava_doctor.cli import main  # noqa: E402
-from llava_doctor.cli.generate import generation_report  # noqa: E402
+from llava_doctor.api import check_generation  # noqa: E402
 from llava_doctor.core.data import DESCRIBE_PROMPT  # noqa: E402
 from llava_doctor.findings import InputError  # noqa: E402
 
@@ -50,7 +50,7 @@ def test_broken_generation_matches_the_scenario_facts(scenario, generations):
 
 @pytest.mark.slow
 def test_broken_fires_ld502_and_ld503_naming_the_first_module(scenario, generations):
-    report = generation_report(generations[False])
+    report = check_generation(generations[False])
     assert sorted(set(report.codes())) == ["LD502", "LD503"]
     (run,) = report.by_code("LD502")
     assert f"{MAX_NEW_TOKENS} times in a row from step 1 (all {MAX_NEW_TOKENS} generated tokens)" in run.message
@@ -65,7 +65,7 @@ def test_fixed_twin_is_clean_and_answers_like_the_scenario(scenario, generations
     assert generation.dtype == "bfloat16" and all(generation.step_logits_finite)
     assert generation.first_nonfinite_module is None
     assert generation.text == facts["generated_text"] and generation.text
-    assert generation_report(generation).findings == []
+    assert check_generation(generation).findings == []
 
 
 @pytest.mark.slow

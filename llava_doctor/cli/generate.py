@@ -6,26 +6,6 @@ import click
 from .common import emit, guarded, output_options, resolve_settings
 
 
-def generation_report(generation, *, select=("ALL",), ignore=(), severity=None):
-    """The Report of the Generation checks on one Generation."""
-    from ..api import apply_severity_overrides
-    from ..findings import Report
-    from ..registry import Context, run_checks
-
-    report = Report()
-    report.add_artifact(generation.name)
-    findings = run_checks(generation, "Generation", Context(), select=tuple(select), ignore=tuple(ignore))
-    report.extend(apply_severity_overrides(findings, severity))
-    report.stats["generation"] = {
-        "artifact": generation.name, "dtype": generation.dtype, "prompt": generation.prompt,
-        "generated_ids": list(generation.token_ids), "generated_text": generation.text,
-        "nonfinite_logit_steps": list(generation.nonfinite_steps),
-        "first_nonfinite_module": generation.first_nonfinite_module,
-        "first_nonfinite_step": generation.first_nonfinite_step,
-    }
-    return report
-
-
 def generated_line(generation) -> str:
     ids = " ".join(map(str, generation.token_ids))
     return f"generated ({generation.dtype}, {len(generation.token_ids)} tokens): {generation.text!r}  ids: {ids}"
@@ -44,14 +24,14 @@ def generate(ckpt, image, prompt, max_new_tokens, dtype, select, ignore, fail_on
     """Load a checkpoint of the bundled core's architectures (llava_llama, llava_qwen), answer PROMPT about
     IMAGE greedily with every module hooked, and report NaN logits, token-0 runs and the first module
     whose output went non-finite."""
+    from ..api import check_generation
     from ..artifacts.generation import run_generation
     from ..core.data import DESCRIBE_PROMPT
 
     settings = resolve_settings(select=select, ignore=ignore, fail_on=fail_on, fmt=fmt)
     generation = run_generation(ckpt, image, prompt=prompt or DESCRIBE_PROMPT, max_new_tokens=max_new_tokens,
                                 dtype=dtype)
-    report = generation_report(generation, select=settings.select, ignore=settings.ignore,
-                               severity=settings.severity)
+    report = check_generation(generation, select=settings.select, ignore=settings.ignore, severity=settings.severity)
     if settings.format == "text":
         click.echo(generated_line(generation))
     return emit(report, settings, output=output, exit_zero=exit_zero)
