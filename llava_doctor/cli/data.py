@@ -33,6 +33,7 @@ def data(data, tokenizer_dir, template, recipe, pad_token, max_length, show, sug
     from ..artifacts.dataset import load_tokenizer, read_records
     from ..findings import InputError, Report
     from ..templates.audit import audit_conversations
+    from ..templates.conversation import TEMPLATES
     from ..templates.view import summary_table
 
     settings = resolve_settings(select=select, ignore=ignore, fail_on=fail_on, fmt=fmt, template=template,
@@ -43,14 +44,12 @@ def data(data, tokenizer_dir, template, recipe, pad_token, max_length, show, sug
     recipe = settings.recipe or "llava"
     if recipe not in RECIPES:
         raise InputError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    if template not in TEMPLATES:
+        raise InputError(f"unknown template {template!r}; known: {', '.join(sorted(TEMPLATES))}")
     records = read_records(data)
     if not isinstance(records, list):
         raise InputError(f"{data}: top-level JSON is a {type(records).__name__}, not a list of conversations")
     tokenizer = load_tokenizer(tokenizer_dir)
-    from ..templates.conversation import TEMPLATES
-
-    if template not in TEMPLATES:
-        raise InputError(f"unknown template {template!r}; known: {', '.join(sorted(TEMPLATES))}")
     audited = audit_conversations(records, tokenizer, template, recipe=recipe, pad_token=pad_token,
                                   max_length=max_length, suggest=suggest, select=settings.select,
                                   ignore=settings.ignore, workers=jobs, name=str(data))
