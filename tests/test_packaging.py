@@ -58,10 +58,13 @@ def test_built_wheel_ships_the_checks(tmp_path):
         "print(llava_doctor.checks.__file__)\n"
         "print(' '.join(all_checks()))\n"
         "print('checks' in sys.modules)\n"
+        "from llava_doctor.core.tokenizer import ASSET_DIR\n"
+        "print(ASSET_DIR / 'tokenizer.json')\n"
     )
     out = subprocess.run([str(python), "-c", probe], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.split("\n")
     assert str(env_dir) in out[0] and "site-packages/llava_doctor/checks" in out[0], out[0]
     assert out[1].split() == list(all_checks())
     assert out[2] == "False"
+    assert str(env_dir) in out[3] and Path(out[3]).is_file(), out[3]  # fixtures/ ships as llava_doctor.fixtures
     cli = subprocess.run([str(env_dir / "bin" / "llava-doctor"), "rules"], cwd=tmp_path, capture_output=True, text=True)
     assert cli.returncode == 0 and all(code in cli.stdout for code in all_checks())
