@@ -99,13 +99,7 @@ _COMPONENT_ROOTS: dict[str, tuple[tuple[str, str], ...]] = {
         ("lm_head.", "lm_head"),
         ("language_model.model.", "language_model"),
     ),
-    "hf-llava-memory": (
-        ("model.vision_tower.", "vision_tower"),
-        ("model.multi_modal_projector.", "projector"),
-        ("model.image_newline", "image_newline"),
-        ("lm_head.", "lm_head"),
-        ("model.language_model.", "language_model"),
-    ),
+    "hf-llava-memory": _RULES["hf-llava-memory"],  # there every component's prefix is its root
     "llava-original": (
         ("model.vision_tower.vision_tower.", "vision_tower"),
         ("model.mm_projector.", "projector"),

@@ -254,6 +254,13 @@ def _alternating(pairs: list[tuple[Any, str]]) -> list[str]:
     return [m for _, m in pairs]
 
 
+def _render_alternating(result: RecipeResult, pairs: list[tuple[Any, str]], t: Template) -> str:
+    """The shared start of preprocess_v1/_mpt/_gemma: role checks, then the prompt as the template renders it."""
+    result.messages = _alternating(pairs)
+    result.rendered = render(t, result.messages)
+    return result.rendered.text
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -381,10 +388,7 @@ def _split_rounds(result: RecipeResult, rounds: list[str], sep: str, encode: Enc
 
 def _preprocess_v1(recipe: Recipe, result: RecipeResult, messages: list[str], t: Template, encode: Encoder,
                    facts: Facts, has_image: bool, tokenizer: Any) -> None:
-    messages = _alternating(messages)
-    result.messages = messages
-    result.rendered = render(t, messages)
-    text = result.rendered.text
+    text = _render_alternating(result, messages, t)
     _require_pad(facts, has_image)
     ids = _full_ids(result, text, encode, facts, has_image)
     labels = list(ids)
@@ -433,10 +437,7 @@ def _mpt_rounds(text: str, sep: str) -> list[str]:
 
 def _preprocess_mpt(recipe: Recipe, result: RecipeResult, messages: list[str], t: Template, encode: Encoder,
                     facts: Facts, has_image: bool, tokenizer: Any) -> None:
-    messages = _alternating(messages)
-    result.messages = messages
-    result.rendered = render(t, messages)
-    text = result.rendered.text
+    text = _render_alternating(result, messages, t)
     sep = t.sep + t.roles[1]
     rounds = _mpt_rounds(text, t.sep)
     if recipe.name == "llava-1.5":
@@ -477,10 +478,7 @@ def _preprocess_mpt(recipe: Recipe, result: RecipeResult, messages: list[str], t
 
 def _preprocess_gemma(recipe: Recipe, result: RecipeResult, messages: list[str], t: Template, encode: Encoder,
                       facts: Facts, has_image: bool, tokenizer: Any) -> None:
-    messages = _alternating(messages)
-    result.messages = messages
-    result.rendered = render(t, messages)
-    text = result.rendered.text
+    text = _render_alternating(result, messages, t)
     _require_pad(facts, has_image)
     ids = _full_ids(result, text, encode, facts, has_image)
     labels = list(ids)
