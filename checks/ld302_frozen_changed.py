@@ -68,7 +68,7 @@ class FrozenComponentChanged(Check):
         frozen = {component for component, trained in trains.items() if not trained}
         if context.stage == "lora" and "lora" not in artifact.components_present():
             frozen -= {"language_model", "lm_head"}  # adapters merged into the weights: the LLM differs by design
-        comparison = cached_comparison(artifact, context.base)
+        comparison = cached_comparison(artifact, context.base, progress=bool(context.option("progress", False)))
         for component, diffs in sorted(comparison.by_component().items()):
             changed = [d for d in diffs if d.changed]
             if component not in frozen or not changed:

@@ -57,7 +57,7 @@ class TrainableComponentUnchanged(Check):
         if context.base is None or context.stage not in STAGE_POLICY:
             return
         trains = expected_changes(context.stage, artifact.config)
-        comparison = cached_comparison(artifact, context.base)
+        comparison = cached_comparison(artifact, context.base, progress=bool(context.option("progress", False)))
         for component, diffs in sorted(comparison.by_component().items()):
             if not trains.get(component) or any(d.changed for d in diffs):
                 continue

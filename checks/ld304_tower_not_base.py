@@ -116,7 +116,8 @@ class TowerNotBase(Check):
         if found is None:
             return
         where, base = found
-        diffs = compare_checkpoints(artifact, base).by_component().get("vision_tower", [])
+        comparison = compare_checkpoints(artifact, base, progress=bool(context.option("progress", False)))
+        diffs = comparison.by_component().get("vision_tower", [])
         changed = [d for d in diffs if d.changed]
         if not diffs or len(changed) * 2 <= len(diffs):
             return

@@ -222,7 +222,8 @@ def _advise_sequential(f: Any) -> None:
             pass
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
+def progress_bar(total: int, enabled: bool, desc: str = "scanning values") -> Any:
+    """A tqdm byte counter that appears only after a second, on a terminal; None when not wanted."""
     if not enabled or os.environ.get("TQDM_DISABLE") or not sys.stderr.isatty():
         return None
     try:
@@ -230,7 +231,7 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     except ImportError:  # pragma: no cover - tqdm comes with transformers
         return None
     # delay=1: the bar shows up only when the scan takes more than a second
-    return tqdm(total=total, unit="B", unit_scale=True, desc="scanning values", delay=1.0, leave=False)
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, delay=1.0, leave=False)
 
 
 def scan_checkpoint(
@@ -263,7 +264,7 @@ def scan_checkpoint(
         else:
             result.skipped[info.name] = "data not addressable and no loader"
     total = sum(i.numel * np.dtype(f.uint).itemsize for group in (*by_file.values(), loaded) for i, f in group)
-    bar = _progress_bar(total, progress)
+    bar = progress_bar(total, progress)
     try:
         for rel, group in sorted(by_file.items()):
             path = os.path.join(checkpoint.root, rel)
