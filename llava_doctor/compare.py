@@ -22,6 +22,7 @@ import numpy as np
 
 from .artifacts.checkpoint import Checkpoint, TensorInfo
 from .layout import canonical_key, detect_layout, strip_peft_prefix, vision_tower_unfrozen
+from .stages import expected_trainable
 from .scan import BIT_FORMATS, DEFAULT_BUFFER_BYTES, BitFormat, progress_bar, tensor_bit_chunks
 
 COMPARE_NOTE = "compare"
@@ -224,7 +225,6 @@ def cached_comparison(trained: Checkpoint, base: Checkpoint, *, progress: bool =
 
 def expected_changes(stage: str, config: dict | None) -> dict[str, bool]:
     """Component -> whether `stage` trains it (so it should differ from the base); LoRA adapters excluded."""
-    from .core.stages import expected_trainable
 
     policy = expected_trainable(stage, vision_tower_unfrozen(config))
     return {component: trains for component, trains in policy.items() if component != "lora"}

@@ -22,9 +22,9 @@ what it reads, and how to fix what it finds.
 def render_markdown() -> str:
     checks = all_checks()
     parts = [HEADER]
-    parts.extend(f"| [{c}](#{c.lower()}) | {k.severity} | {k.artifact} | {k.title} |\n" for c, k in checks.items())
+    parts.extend(f"| [{c}](#{c.lower()}) | {k.severity} | {', '.join(k.kinds())} | {k.title} |\n" for c, k in checks.items())
     for code, check in checks.items():
-        parts.append(f"\n## {code}\n\n**{check.title}** — severity `{check.severity}`, artifact `{check.artifact}`"
+        parts.append(f"\n## {code}\n\n**{check.title}** — severity `{check.severity}`, artifact `{', '.join(check.kinds())}`"
                      f"{', reads tensor data (`--deep`)' if check.deep else ''}.\n\n")
         parts.append(inspect.cleandoc(check.rationale) + "\n\n")
         parts.append("**Fix.** " + inspect.cleandoc(check.fix) + "\n")

@@ -24,8 +24,14 @@ CODE_PATTERN = re.compile(r"^[A-Z]{2,5}\d{3}$")
 BUILTIN_PREFIX = "LD"
 
 # Artifact kinds a check may consume (see DESIGN.md §2). Names, not classes, so that declaring a
-# check never imports the (possibly heavy) artifact module.
-ARTIFACT_KINDS = ("Checkpoint", "Dataset", "LiveModel", "TrainingLog", "Generation")
+# check never imports the (possibly heavy) artifact module. "Launch" is a training launch command
+# read by `preflight`.
+ARTIFACT_KINDS = ("Checkpoint", "Dataset", "LiveModel", "TrainingLog", "Generation", "Launch")
+
+
+def handler_name(kind: str) -> str:
+    """`LiveModel` -> `run_live_model`: the method a multi-kind check implements for that kind."""
+    return "run_" + re.sub(r"(?<!^)(?=[A-Z])", "_", kind).lower()
 
 
 @dataclass(frozen=True)
@@ -57,9 +63,14 @@ class Example:
 
 
 class Check:
+    """One check. `artifact` names the kind it consumes, or a tuple of kinds when one question is
+    asked of several (LD201 of a checkpoint file and of a live model): such a check implements
+    ``run_<kind>`` per kind (``run_checkpoint``, ``run_live_model``, ...) - two thin adapters over
+    one pure function - and the default ``run`` dispatches on the artifact's ``kind``."""
+
     code: ClassVar[str] = ""
     title: ClassVar[str] = ""
-    artifact: ClassVar[str] = ""
+    artifact: ClassVar[str | tuple[str, ...]] = ""
     severity: ClassVar[Severity] = Severity.ERROR
     rationale: ClassVar[str] = ""
     fix: ClassVar[str] = ""
@@ -67,8 +78,18 @@ class Check:
     valid: ClassVar[tuple[Example, ...]] = ()
     invalid: ClassVar[tuple[Example, ...]] = ()
 
+    @classmethod
+    def kinds(cls) -> tuple[str, ...]:
+        return (cls.artifact,) if isinstance(cls.artifact, str) else tuple(cls.artifact)
+
     def run(self, artifact: Any, context: Context) -> Iterable[Finding]:
-        raise NotImplementedError
+        kind = getattr(artifact, "kind", None)
+        if kind is None and len(self.kinds()) == 1:
+            kind = self.kinds()[0]
+        handler = getattr(self, handler_name(kind), None) if isinstance(kind, str) else None
+        if handler is None:
+            raise TypeError(f"{self.code} cannot run on {type(artifact).__name__} (kind {kind!r}); it reads {', '.join(self.kinds())}")
+        return handler(artifact, context)
 
     def finding(
         self,
@@ -99,7 +120,7 @@ class Check:
         return {
             "code": cls.code,
             "title": cls.title,
-            "artifact": cls.artifact,
+            "artifact": ", ".join(cls.kinds()),
             "severity": str(cls.severity),
             "deep": cls.deep,
             "rationale": inspect.cleandoc(cls.rationale),
@@ -117,13 +138,16 @@ def validate(check: type[Check], *, builtin: bool) -> None:
         raise RegistryError(f"{name}: code {check.code!r} is not like LD123")
     if not builtin and check.code.startswith(BUILTIN_PREFIX):
         raise RegistryError(f"{name}: the {BUILTIN_PREFIX} prefix is reserved for built-in checks")
-    if check.artifact not in ARTIFACT_KINDS:
+    kinds = check.kinds()
+    if not kinds or any(kind not in ARTIFACT_KINDS for kind in kinds):
         raise RegistryError(f"{name}: artifact {check.artifact!r} is not one of {', '.join(ARTIFACT_KINDS)}")
     for attr in ("title", "rationale", "fix"):
         if not getattr(check, attr).strip():
             raise RegistryError(f"{name}: {attr} is empty")
-    if "run" not in vars(check) and check.run is Check.run:
-        raise RegistryError(f"{name}: does not implement run()")
+    if check.run is Check.run:
+        missing = [k for k in kinds if not callable(getattr(check, handler_name(k), None))]
+        if missing:
+            raise RegistryError(f"{name}: implements neither run() nor {', '.join(handler_name(k) for k in missing)}()")
 
 
 def _checks_in_module(module: Any) -> Iterator[type[Check]]:
@@ -201,7 +225,7 @@ def select_checks(
     select, ignore = list(select) or ["ALL"], list(ignore)
     chosen = []
     for code, check in all_checks().items():
-        if check.artifact != artifact or (check.deep and not deep):
+        if artifact not in check.kinds() or (check.deep and not deep):
             continue
         if matches(code, select) and not matches(code, ignore):
             chosen.append(check())
@@ -211,5 +235,6 @@ def select_checks(
 def run_checks(artifact_obj: Any, kind: str, context: Context, **selection: Any) -> list[Finding]:
     findings: list[Finding] = []
     for check in select_checks(kind, deep=context.deep, **selection):
-        findings.extend(check.run(artifact_obj, context))
+        handler = getattr(check, handler_name(kind), None) if type(check).run is Check.run else None
+        findings.extend((handler or check.run)(artifact_obj, context))
     return findings

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import prod
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 COMPONENTS = ("vision_tower", "projector", "language_model", "lm_head", "image_newline", "lora", "other")
 
@@ -80,6 +80,7 @@ class DeepSpeedInfo:
 
 @dataclass
 class Checkpoint:
+    kind: ClassVar[str] = "Checkpoint"  # the artifact kind checks declare (registry.ARTIFACT_KINDS)
     root: str  # absolute directory (or the file's directory)
     name: str  # what the user passed, for messages
     format: str  # safetensors | safetensors-sharded | torch | deepspeed | peft | mixed | empty

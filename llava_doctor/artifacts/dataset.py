@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 from ..findings import InputError
 from ..templates.analysis import DEFAULT_IMAGE_FEATURES, SampleAnalysis, SampleInput, analyze
@@ -106,6 +106,7 @@ def load_tokenizer(directory: str | os.PathLike) -> Any:
 @dataclass
 class Dataset:
     """Conversations + a set-up tokenizer + template + recipe; `analyses()` is computed once."""
+    kind: ClassVar[str] = "Dataset"  # the artifact kind checks declare (registry.ARTIFACT_KINDS)
 
     name: str
     samples: list[SampleInput]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 from ..findings import InputError
 
@@ -21,6 +21,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 @dataclass(frozen=True)
 class Generation:
+    kind: ClassVar[str] = "Generation"  # the artifact kind checks declare (registry.ARTIFACT_KINDS)
     name: str  # the checkpoint it came from
     prompt: str
     prompt_ids: tuple[int, ...]

@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 from ..findings import InputError
 
@@ -68,6 +68,7 @@ class EvalStep:
 
 @dataclass(frozen=True)
 class TrainingLog:
+    kind: ClassVar[str] = "TrainingLog"  # the artifact kind checks declare (registry.ARTIFACT_KINDS)
     name: str
     steps: tuple[LogStep, ...] = ()
     evals: tuple[EvalStep, ...] = ()

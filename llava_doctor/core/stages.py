@@ -17,24 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..layout import component_of, strip_peft_prefix
+from ..stages import POLICY_COMPONENTS as COMPONENTS, STAGES, expected_trainable  # noqa: F401  the one stage policy
 
-STAGES = ("pretrain", "finetune", "lora")
-COMPONENTS = ("vision_tower", "projector", "image_newline", "language_model", "lm_head", "lora")
 LORA_TARGET = r"model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
-
-
-def expected_trainable(stage: str, unfreeze_vision_tower: bool = False) -> dict[str, bool]:
-    """The policy: which components a stage trains (the `lora` entry is the LoRA adapters)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
-    return {
-        "vision_tower": unfreeze_vision_tower and stage != "pretrain",
-        "projector": True,
-        "image_newline": True,
-        "language_model": stage == "finetune",
-        "lm_head": stage == "finetune",
-        "lora": stage == "lora",
-    }
 
 
 def component_of_parameter(name: str) -> str:
