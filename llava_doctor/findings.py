@@ -92,6 +92,13 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     artifacts: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    # inputs that could not be read at all: (what the user passed, one-line reason). The run goes
+    # on with the other inputs, and the exit code is 2 (unreadable input) whatever else was found.
+    input_errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def add_input_error(self, artifact: str, message: str) -> None:
+        if (artifact, message) not in self.input_errors:
+            self.input_errors.append((artifact, message))
 
     def extend(self, findings: Iterable[Finding]) -> None:
         self.findings.extend(findings)
@@ -105,6 +112,8 @@ class Report:
         for name in other.artifacts:
             self.add_artifact(name)
         self.extend(other.findings)
+        for artifact, message in other.input_errors:
+            self.add_input_error(artifact, message)
         for key, value in other.stats.items():
             self.stats.setdefault(key, value)
 
@@ -131,6 +140,9 @@ class Report:
         }
 
     def exit_code(self, fail_on: Severity) -> int:
+        """0 clean, 1 findings at or above `fail_on`, 2 when some input could not be read."""
+        if self.input_errors:
+            return 2
         return 1 if self.at_or_above(fail_on) else 0
 
 
