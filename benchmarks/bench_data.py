@@ -1,19 +1,29 @@
-"""Tokenization audit vs a LLaVA-style per-sample preprocessing loop, same data, one run.
+"""Tokenization audit against the floor and against LLaVA's own per-sample loop, same data, one run.
 
-    python benchmarks/bench_data.py [--n 100000] [--tokenizer DIR] [--template v1] [--jobs N]
+    python benchmarks/bench_data.py [--n 20000] [--tokenizer DIR] [--template v1] [--jobs 2]
+                                    [--pinned-python /path/to/venv-with-transformers-4.37/bin/python]
 
-The baseline is this project's own re-implementation of the *shape* of LLaVA's preprocess_v1 loop
-(per sample: render, tokenize the prompt with tokenizer_image_token through the transformers
-call, a torch tensor, one transformers call per round and per instruction, tensor masking). The
-audit (LD101-LD105: the recipe's arithmetic AND the oracle AND the checks) batches every text of a
-chunk into one Rust call. Both run single-threaded for the one-core numbers (RAYON_NUM_THREADS=1);
-"all cores" runs the audit with --jobs worker processes. Never run by pytest.
+Three ratios, all on one core (RAYON_NUM_THREADS=1) and in CPU seconds of the process (a busy machine
+slows everything alike; the worker scaling is wall-clock):
+- floor: one batch encode of the rendered prompts with the Rust tokenizer (every token once, nothing
+  else). The audit is at most as fast; the target is at least 50 % of it.
+- LLaVA's loop, this environment: a re-implementation of the *shape* of LLaVA's preprocess_v1 (per
+  sample: render, tokenize the prompt - tokenizer_image_token for images -, a torch tensor, one
+  tokenizer call per round and per instruction, tensor masking) with the tokenizer class this
+  environment's transformers gives (5.x: one class; 4.x: the fast class).
+- LLaVA's loop, slow tokenizer: the same loop with ``use_fast=False`` - what LLaVA's train.py loads -,
+  run here when this transformers has slow classes (4.x), else with `--pinned-python` (an
+  interpreter of LLaVA's pinned environment, e.g. transformers 4.37.2 / tokenizers 0.15.1).
+The audit (LD101/102/104/105: the recipe's arithmetic AND the oracle AND the checks) runs with one
+process and with --jobs worker processes. Never run by pytest.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+import subprocess
 import time
 
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
@@ -46,15 +56,32 @@ def generate(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def rendered_prompts(records: list[dict], template_name: str) -> list[str]:
+    from llava_doctor.templates.conversation import get_template, render
+
+    t = get_template(template_name)
+    out = []
+    for record in records:
+        messages = []
+        for turn in record["conversations"]:
+            value = turn["value"]
+            if "image" in record and "<image>" in value:
+                value = ("<image>\n" + value.replace("<image>", "").strip()).strip()
+            messages.append(value)
+        out.append(render(t, messages).text)
+    return out
+
+
 def naive_loop(records: list[dict], tokenizer, template_name: str) -> int:
     """Per-sample preprocessing the way LLaVA's training code is shaped (re-implemented, not copied)."""
     import torch
 
-    from llava_doctor.templates.conversation import get_template, render
+    from llava_doctor.templates.conversation import get_template
 
     t = get_template(template_name)
     sep = t.sep + t.roles[1] + ": "
     bos = tokenizer.bos_token_id
+    legacy = getattr(tokenizer, "legacy", True)
 
     def image_ids(text: str) -> list[int]:
         chunks = [tokenizer(c).input_ids for c in text.split("<image>")]
@@ -69,15 +96,8 @@ def naive_loop(records: list[dict], tokenizer, template_name: str) -> int:
         return ids
 
     dropped = 0
-    for record in records:
+    for record, prompt in zip(records, rendered_prompts(records, template_name)):
         has_image = "image" in record
-        messages = []
-        for turn in record["conversations"]:
-            value = turn["value"]
-            if has_image and "<image>" in value:
-                value = ("<image>\n" + value.replace("<image>", "").strip()).strip()
-            messages.append(value)
-        prompt = render(t, messages).text
         if has_image:
             input_ids = torch.tensor([image_ids(prompt)], dtype=torch.long)
         else:
@@ -96,7 +116,7 @@ def naive_loop(records: list[dict], tokenizer, template_name: str) -> int:
             parts[0] += sep
             length = (lambda s: len(image_ids(s))) if has_image else (lambda s: len(tokenizer(s).input_ids))
             round_len, instruction_len = length(rou), length(parts[0]) - 2
-            if i != 0 and not tokenizer.legacy:
+            if i != 0 and not legacy:
                 round_len -= 1
                 instruction_len -= 1
             target[cur:cur + instruction_len] = -100
@@ -108,51 +128,124 @@ def naive_loop(records: list[dict], tokenizer, template_name: str) -> int:
     return dropped
 
 
+def cpu() -> float:
+    """CPU seconds of this process: one-core rates stay comparable on a machine others use too."""
+    return time.process_time()
+
+
+def floor(records: list[dict], tokenizer, template_name: str) -> float:
+    """CPU seconds for one batch encode of every rendered prompt (Rust, one thread)."""
+    prompts = rendered_prompts(records, template_name)
+    rust = getattr(tokenizer, "_tokenizer", None) or getattr(tokenizer, "backend_tokenizer")
+    start = cpu()
+    rust.encode_batch(prompts, add_special_tokens=True)
+    return cpu() - start
+
+
+def time_naive(records, tokenizer_dir: str, template: str, use_fast: bool | None) -> tuple[float, str, int]:
+    from transformers import AutoTokenizer
+
+    from llava_doctor.templates.recipes import setup_tokenizer
+
+    kwargs = {} if use_fast is None else {"use_fast": use_fast}
+    tokenizer = setup_tokenizer(AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True, **kwargs),
+                                "llava", template)
+    start = cpu()
+    dropped = naive_loop(records, tokenizer, template)
+    return cpu() - start, type(tokenizer).__name__, dropped
+
+
+def has_slow_classes() -> bool:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0]) < 5
+
+
 def main() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     default_tok = os.path.join(here, "..", "..", "shared", "fixtures", "tokenizers", "vicuna-7b-v1.5")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--tokenizer", default=os.environ.get("LLAVA_DOCTOR_BENCH_TOKENIZER", default_tok))
     parser.add_argument("--template", default="v1")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--naive-n", type=int, default=None,
-                        help="Time the naive loop on this many samples and scale (default: all)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--naive-n", type=int, default=5_000, help="Time LLaVA's loop on this many samples and scale.")
+    parser.add_argument("--pinned-python", default=os.environ.get("LLAVA_DOCTOR_PINNED_PYTHON"),
+                        help="Interpreter of LLaVA's pinned environment, for the slow-tokenizer loop under transformers 5.")
+    parser.add_argument("--naive-only", choices=("fast", "slow"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    import transformers
+
+    records = generate(args.n)
+    naive_n = min(args.naive_n, args.n)
+    if args.naive_only:  # the child run of --pinned-python
+        seconds, cls, dropped = time_naive(records[:naive_n], args.tokenizer, args.template,
+                                           False if args.naive_only == "slow" else None)
+        print(json.dumps({"rate": naive_n / seconds, "class": cls, "transformers": transformers.__version__}))
+        return
+
+    import tokenizers
     from transformers import AutoTokenizer
 
     from llava_doctor.templates.audit import audit_conversations
     from llava_doctor.templates.recipes import setup_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
-    records = generate(args.n)
-    print(f"{args.n} conversations, tokenizer {os.path.basename(os.path.normpath(args.tokenizer))}, "
-          f"template {args.template}, {os.cpu_count()} cpu(s) visible")
+    print(f"{args.n:,} conversations, tokenizer {os.path.basename(os.path.normpath(args.tokenizer))}, template "
+          f"{args.template}, transformers {transformers.__version__}, tokenizers {tokenizers.__version__}, "
+          f"{os.cpu_count()} cpu(s) visible")
+    fast = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+    tokens = sum(len(e) for e in fast._tokenizer.encode_batch(rendered_prompts(records[:2000], args.template)))
+    floor_s = floor(records, setup_tokenizer(fast, "llava", args.template), args.template)
+    rates = {"floor": args.n / floor_s}
+    print(f"floor (batch encode, 1 core):       {rates['floor']:9,.0f} conversations/s ({tokens / 2000:.0f} tokens each)")
 
-    configured = setup_tokenizer(tokenizer, "llava", args.template)
-    naive_n = min(args.naive_n or args.n, args.n)
-    start = time.perf_counter()
-    naive_dropped = naive_loop(records[:naive_n], configured, args.template)
-    naive = (time.perf_counter() - start) * args.n / naive_n
-    print(f"naive per-sample loop, 1 core: {naive:8.2f} s{' (scaled from %d)' % naive_n if naive_n < args.n else ''}"
-          f"  ({naive_n / (naive * naive_n / args.n):,.0f} samples/s, dropped {naive_dropped})")
+    seconds, cls, _ = time_naive(records[:naive_n], args.tokenizer, args.template, None)
+    rates["loop"] = naive_n / seconds
+    print(f"LLaVA's loop, this env ({cls}): {rates['loop']:9,.0f} conversations/s")
+    slow = None
+    if has_slow_classes():
+        seconds, cls, _ = time_naive(records[:naive_n], args.tokenizer, args.template, False)
+        slow = {"rate": naive_n / seconds, "class": cls, "transformers": transformers.__version__}
+    elif args.pinned_python:
+        proc = subprocess.run([args.pinned_python, os.path.abspath(__file__), "--naive-only", "slow", "--n", str(args.n),
+                               "--naive-n", str(naive_n), "--tokenizer", args.tokenizer, "--template", args.template],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.path.dirname(here)})
+        if proc.returncode == 0:
+            slow = json.loads(proc.stdout.strip().splitlines()[-1])
+        else:
+            print("pinned interpreter failed: " + proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "")
+    if slow:
+        rates["slow_loop"] = slow["rate"]
+        print(f"LLaVA's loop, slow tokenizer ({slow['class']}, transformers {slow['transformers']}): "
+              f"{slow['rate']:9,.0f} conversations/s")
 
+    audit_tok = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True,
+                                              **({"use_fast": False} if has_slow_classes() else {}))
+    select = ("LD101", "LD102", "LD104", "LD105")
+    start = cpu()
+    one = audit_conversations(records, audit_tok, args.template, select=select)
+    audit_one = cpu() - start
+    rates["audit"] = args.n / audit_one
+    data = one.stats["data"]
+    print(f"audit, 1 process ({type(audit_tok).__name__}, lengths {data['lengths']}, {data['verified_samples']} "
+          f"samples verified on the exact path): {rates['audit']:9,.0f} conversations/s, dropped {data['dropped']}")
     start = time.perf_counter()
-    one = audit_conversations(records, tokenizer, args.template, select=("LD101", "LD102", "LD104", "LD105"))
-    audit_one = time.perf_counter() - start
-    print(f"audit, 1 core:                 {audit_one:8.2f} s  ({args.n / audit_one:,.0f} samples/s, "
-          f"dropped {one.stats['data']['dropped']})")
-
+    audit_conversations(records, audit_tok, args.template, select=select)
+    wall_one = time.perf_counter() - start
     start = time.perf_counter()
-    many = audit_conversations(records, tokenizer, args.template, select=("LD101", "LD102", "LD104", "LD105"),
-                               workers=args.jobs)
+    many = audit_conversations(records, audit_tok, args.template, select=select, workers=args.jobs)
     audit_many = time.perf_counter() - start
-    print(f"audit, {args.jobs} worker(s):          {audit_many:8.2f} s  ({args.n / audit_many:,.0f} samples/s, "
-          f"dropped {many.stats['data']['dropped']})")
-    print(f"ratio per core (naive / audit):         {naive / audit_one:6.1f}x")
-    print(f"ratio all cores (naive 1 core / audit {args.jobs}): {naive / audit_many:6.1f}x")
-    print(f"scaling ({args.jobs} workers vs 1):              {audit_one / audit_many:6.2f}x")
+    print(f"audit, {args.jobs} worker(s), wall clock:     {args.n / audit_many:9,.0f} conversations/s (1 process: "
+          f"{args.n / wall_one:,.0f}/s wall clock), dropped {many.stats['data']['dropped']}")
+    print()
+    print("| ratio | value |")
+    print("|---|---|")
+    print(f"| audit / floor (per core) | {rates['audit'] / rates['floor']:.0%} |")
+    print(f"| audit / LLaVA's loop, this environment (per core) | {rates['audit'] / rates['loop']:.1f}x |")
+    if "slow_loop" in rates:
+        print(f"| audit / LLaVA's loop, slow tokenizer (per core) | {rates['audit'] / rates['slow_loop']:.1f}x |")
+    print(f"| {args.jobs} workers / 1 process (wall clock) | {wall_one / audit_many:.2f}x |")
 
 
 if __name__ == "__main__":

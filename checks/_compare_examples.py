@@ -73,16 +73,31 @@ def pair(
     base: bool = True,
     base_hf: bool = False,
     base_drop: Iterable[str] = (),
+    base_dtype: str | None = None,
+    base_reshaped: Iterable[str] = (),
     config: dict | None = None,
 ) -> tuple[Callable[[], Any], Callable[[], Context]]:
-    """(build, context) for an Example: trained differs from its base exactly in `changed` components."""
-    changed, base_drop = tuple(changed), tuple(base_drop)
+    """(build, context) for an Example: trained differs from its base exactly in `changed` components.
+
+    `base_dtype` stores every base tensor in that numpy dtype (an fp16 base of an fp32 run);
+    `base_reshaped` components get one extra row in the base, so that they cannot be compared.
+    """
+    changed, base_drop, base_reshaped = tuple(changed), tuple(base_drop), tuple(base_reshaped)
 
     def build():
         return _build(_arrays(changed), config=config)
 
     def context() -> Context:
-        companion = _build(_arrays((), drop=base_drop), hf=base_hf, name="base") if base else None
+        companion = None
+        if base:
+            import numpy as np
+
+            data = _arrays((), drop=base_drop)
+            if base_dtype:
+                data = {k: v.astype(base_dtype) for k, v in data.items()}
+            for key in [k for k in data if _component(k) in base_reshaped]:
+                data[key] = np.concatenate([data[key], data[key][:1]])
+            companion = _build(data, hf=base_hf, name="base")
         return Context(deep=True, stage=stage, base=companion)
 
     return build, context

@@ -59,6 +59,8 @@ class SupervisionDrift(Check):
                 f"sample {sid}: no warning, but {len(a.drifts)} token label(s) differ from the answers from round "
                 f"{first.round} on ({parts}); trained {a.result.supervised} tokens, answers have {a.oracle.supervised}",
                 artifact=artifact.name, location=f"sample {sid}", observed=a.result.supervised,
-                expected=a.oracle.supervised, sample=sid, round=first.round, position=first.position,
-                kinds=sorted(by_kind), template=a.result.template, recipe=artifact.recipe,
+                expected=a.oracle.supervised, sample=sid, index=a.sample.index, round=first.round,
+                position=first.position, kinds=sorted(by_kind), template=a.result.template, recipe=artifact.recipe,
+                group=f"no warning, but the trained tokens differ from the answers ({', '.join(sorted(by_kind))}); "
+                      f"cause: {a.cause or 'unclassified'}",
             )

@@ -8,6 +8,8 @@ from llava_doctor.findings import Finding, Severity
 from llava_doctor.registry import Check, Context, Example
 
 from ._checkpoint_examples import checkpoint, clip_tower, hf_llava, hf_llava_config
+from ._live_examples import emptied, live
+from ._live_examples import hf_llava as live_hf_llava
 
 EXAMPLES_SHOWN = 3
 
@@ -49,6 +51,24 @@ def _deepspeed(*, stage: int, consolidated: bool, optimizer_files: bool = True):
     return build
 
 
+def _dropped_by_save_pretrained():
+    """transformers 4.x save_pretrained under ZeRO-3: every [0] placeholder looks like one shared tensor, one survives."""
+    return checkpoint({"vision_tower.vision_model.embeddings.class_embedding": (0,)}, config=hf_llava_config(), dtype="F32")
+
+
+def _trainer_output(*, resumable: bool):
+    """An HF Trainer folder under ZeRO-3 with the gather flag off: DeepSpeed state, config.json, no weights."""
+    def build():
+        ckpt = _deepspeed(stage=3, consolidated=False)()
+        ckpt.config = hf_llava_config()
+        ckpt.deepspeed.resumable = resumable
+        ckpt.deepspeed.ds_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = False
+        ckpt.name = "out/checkpoint-500" if resumable else "out"
+        return ckpt
+
+    return build
+
+
 def _bnb_4bit():
     shapes = hf_llava()
     shapes["language_model.model.layers.0.mlp.up_proj.weight"] = (4096, 1)  # packed 4-bit, not zero-size
@@ -58,7 +78,7 @@ def _bnb_4bit():
 class ZeroSizeParameters(Check):
     code = "LD201"
     title = "zero-size parameters"
-    artifact = "Checkpoint"
+    artifact = ("Checkpoint", "LiveModel")
     severity = Severity.ERROR
     rationale = """
     Under DeepSpeed ZeRO-3 every parameter of the model object is a placeholder of shape
@@ -89,6 +109,7 @@ class ZeroSizeParameters(Check):
         Example("bitsandbytes 4-bit packed weight", _bnb_4bit),
         Example("ZeRO-3 dir with consolidated weights", _deepspeed(stage=3, consolidated=True)),
         Example("ZeRO-2 dir (full module shapes)", _deepspeed(stage=2, consolidated=False)),
+        Example("live: a model with full parameters", live(live_hf_llava)),
     )
     invalid = (
         Example("ZeRO-3 state dict saved without gathering", _zero3_saved(), count=4,
@@ -102,9 +123,21 @@ class ZeroSizeParameters(Check):
         Example("ZeRO-3 dir without consolidated weights or optimizer states",
                 _deepspeed(stage=3, consolidated=False, optimizer_files=False), count=1,
                 contains=("no optimizer-state files",)),
+        Example("the folder trainer.save_model() wrote under ZeRO-3 without the gather flag", _trainer_output(resumable=False),
+                count=1, contains=("out: the folder save_model() wrote holds no loadable weights", "OSError",
+                                   "python out/zero_to_fp32.py out out --safe_serialization")),
+        Example("a resumable checkpoint-N without consolidated weights (a warning)", _trainer_output(resumable=True),
+                count=1, contains=("resumable", "python out/checkpoint-500/zero_to_fp32.py out/checkpoint-500")),
+        Example("transformers 4.x save_pretrained dropped the other placeholders", _dropped_by_save_pretrained,
+                count=4, contains=("vision_tower: 1 of 39 tensors the config describes is in the file, with shape [0]",
+                                   "the other 38 are not in the file at all", "projector: none of the 4 tensors",
+                                   "Removed shared tensor")),
+        Example("live: projector parameters replaced by [0] tensors", live(lambda: emptied(live_hf_llava(), "multi_modal_projector")),
+                count=1, contains=("projector: 4 of 4 parameters have shape [0] and no ZeRO-3 partition",
+                                   "multi_modal_projector.linear_1.weight")),  # 5.x prefixes `model.`
     )
 
-    def run(self, artifact, context: Context) -> Iterable[Finding]:
+    def run_checkpoint(self, artifact, context: Context) -> Iterable[Finding]:
         ds = artifact.deepspeed
         buffers = set(ds.buffer_names) if ds else set()
         partitioned_module = bool(ds and ds.stage == 3 and not ds.consolidated)
@@ -119,8 +152,44 @@ class ZeroSizeParameters(Check):
             groups.setdefault(info.component, []).append(info)
         totals = {c: len(v) for c, v in artifact.by_component().items()}
         expected_shapes = {**ds.param_shapes, **ds.frozen_param_shapes} if ds else {}
+        schema = self._against_schema(artifact, context) if groups and not ds else {}
         for component, infos in sorted(groups.items()):
-            yield self._group(artifact, component, infos, totals.get(component, len(infos)), expected_shapes)
+            total, missing = schema.get(component, (0, []))
+            if missing:
+                yield self._dropped(artifact, component, infos, total, missing)
+            else:
+                yield self._group(artifact, component, infos, totals.get(component, len(infos)), expected_shapes)
+        for component, (total, missing) in sorted(schema.items()):
+            if component not in groups and missing and len(missing) == total:
+                yield self._none_saved(artifact, component, total, missing)
+
+    def _against_schema(self, artifact, context: Context) -> dict:
+        """Component -> (tensors the config describes, those not in the file) when the config builds a schema."""
+        from llava_doctor.schema import cached_schema, missing_from_schema
+
+        if not artifact.config or not context.option("schema", True):
+            return {}
+        return missing_from_schema(artifact, cached_schema(artifact))
+
+    def _dropped(self, artifact, component: str, infos: list, total: int, missing: list) -> Finding:
+        shown = _shown(infos)
+        verb = "is" if len(infos) == 1 else "are"
+        return self.finding(
+            f"{component}: {len(infos)} of {total} tensors the config describes {verb} in the file, with shape [0] "
+            f"(e.g. {shown}), and the other {len(missing)} are not in the file at all (e.g. {missing[0]}): "
+            f"{_DROPPED}; expected full shapes",
+            artifact=artifact.name, location=f"{infos[0].file}:{infos[0].name}",
+            observed=f"{len(infos)} [0], {len(missing)} missing", expected=f"{total} full tensors",
+            component=component, tensors=[i.name for i in infos], missing=missing,
+        )
+
+    def _none_saved(self, artifact, component: str, total: int, missing: list) -> Finding:
+        return self.finding(
+            f"{component}: none of the {total} tensors the config describes is in the file (e.g. {missing[0]}), while "
+            f"other components hold ZeRO-3 placeholders of shape [0]: {_DROPPED}; expected full shapes",
+            artifact=artifact.name, location=component, observed="0 saved", expected=f"{total} full tensors",
+            component=component, missing=missing,
+        )
 
     def _group(self, artifact, component: str, infos: list, total: int, expected_shapes: dict) -> Finding:
         shapes = sorted({str(list(i.shape)) for i in infos})
@@ -141,11 +210,24 @@ class ZeroSizeParameters(Check):
         optimizer_files = [f.path for f in artifact.files if f.kind == "deepspeed-optim-states"]
         params = len(ds.param_shapes) + len(ds.frozen_param_shapes)
         where = ds.model_state_files[0] if ds.model_state_files else ds.tag
+        folder = artifact.name.rstrip("/") or "."
+        if optimizer_files and artifact.config is not None and not ds.resumable:
+            # the folder trainer.save_model() wrote: users from_pretrained it, and it holds no weights
+            return self.finding(
+                f"{folder}: the folder save_model() wrote holds no loadable weights: ZeRO-3{_gather_flag(ds)} saved only "
+                f"DeepSpeed state ({params} parameters are [0] placeholders in {where}), so from_pretrained({folder!r}) "
+                f"fails with `OSError: Error no file named model.safetensors, or pytorch_model.bin`; expected "
+                f"model.safetensors: rebuild it with `python {folder}/zero_to_fp32.py {folder} {folder} --safe_serialization`",
+                artifact=artifact.name, location=where, severity=Severity.ERROR,
+                observed="DeepSpeed state only", expected="model.safetensors beside config.json",
+            )
         if optimizer_files:
             # recoverable: zero_to_fp32 rebuilds full weights from the optimizer partitions
+            resumable = " (resumable: training can continue from it)" if ds.resumable else ""
             return self.finding(
-                f"{ds.tag}: ZeRO-3 checkpoint with no consolidated weights beside it ({params} parameters are [0] "
-                f"placeholders in {where}); expected full weights: rebuild them with the zero_to_fp32.py saved in the run directory",
+                f"{ds.tag}: ZeRO-3 checkpoint{resumable} with no consolidated weights beside it ({params} parameters are [0] "
+                f"placeholders in {where}); expected full weights: rebuild them with "
+                f"`python {folder}/zero_to_fp32.py {folder} {folder}-fp32 --safe_serialization`",
                 artifact=artifact.name, location=where, severity=Severity.WARNING,
                 observed="no consolidated weights", expected="save_16bit_model or zero_to_fp32 output",
             )
@@ -155,3 +237,52 @@ class ZeroSizeParameters(Check):
             artifact=artifact.name, location=where, severity=Severity.ERROR,
             observed="no usable weights", expected="consolidated weights or *optim_states.pt",
         )
+
+    def run_live_model(self, artifact, context: Context) -> Iterable[Finding]:
+        """Live: a ZeRO-3 placeholder (`ds_numel` > 0, data [0]) is normal; a parameter with no elements and no
+        ZeRO-3 partition behind it has lost its weights, and a partitioned one holding data while ZeRO-3 says it
+        is not gathered was written around ZeRO-3 (the next gather discards it)."""
+        empty: dict[str, list] = {}
+        bypassed: dict[str, list] = {}
+        totals: dict[str, int] = {}
+        for param in artifact.parameters:
+            totals[param.component] = totals.get(param.component, 0) + 1
+            if not param.partitioned and param.numel == 0:
+                empty.setdefault(param.component, []).append(param)
+            elif param.partitioned and param.zero_status == "NOT_AVAILABLE" and param.local_numel:
+                bypassed.setdefault(param.component, []).append(param)
+        for component, params in sorted(empty.items()):
+            yield self.finding(
+                f"{component}: {len(params)} of {totals[component]} parameters have shape "
+                f"{' / '.join(sorted({str(list(p.shape)) for p in params}))} and no ZeRO-3 partition behind them "
+                f"(e.g. {_shown(params)}); expected full shapes: their weights were never materialised "
+                f"(a ZeRO-3 state dict or module taken without GatheredParameters)",
+                artifact=artifact.name, location=params[0].name, observed=[list(p.shape) for p in params[:EXAMPLES_SHOWN]],
+                expected="non-empty", component=component, tensors=[p.name for p in params],
+            )
+        for component, params in sorted(bypassed.items()):
+            yield self.finding(
+                f"{component}: {len(params)} ZeRO-3 partitioned parameters hold {params[0].local_numel:,} local elements "
+                f"while not gathered "
+                f"(e.g. {_shown(params)}, true shape {list(params[0].shape)}); expected [0] placeholders: the data was "
+                f"written around ZeRO-3 (p.data = ...) and the next gather replaces it with the partition",
+                artifact=artifact.name, location=params[0].name, severity=Severity.ERROR,
+                observed="local data while NOT_AVAILABLE", expected="[0] placeholder", component=component,
+                tensors=[p.name for p in params],
+            )
+
+
+def _shown(params: list) -> str:
+    return ", ".join(p.name for p in params[:EXAMPLES_SHOWN]) + (", ..." if len(params) > EXAMPLES_SHOWN else "")
+
+
+_DROPPED = ("ZeRO-3 placeholders saved without gathering, and transformers < 5 save_pretrained drops all but one of "
+            "them as shared tensors ('Removed shared tensor ... while saving')")
+
+
+def _gather_flag(ds: DeepSpeedInfo) -> str:
+    zero = (ds.ds_config or {}).get("zero_optimization") or {}
+    for name in ("stage3_gather_16bit_weights_on_model_save", "gather_16bit_weights_on_model_save"):
+        if name in zero:
+            return f" with {name} {str(zero[name]).lower()}"
+    return " without stage3_gather_16bit_weights_on_model_save"

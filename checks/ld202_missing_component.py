@@ -1,9 +1,9 @@
 """LD202: a whole component's weights (vision tower, projector, LLM, lm_head) are missing."""
 from __future__ import annotations
 
-import re
 from typing import Iterable
 
+from llava_doctor.artifacts.checkpoint import CheckpointFile
 from llava_doctor.findings import Finding, Severity
 from llava_doctor.registry import Check, Context, Example
 
@@ -20,20 +20,27 @@ HF_PREFIXES = {
 FINETUNE_STAGES = ("finetune", "full", "sft")
 
 
-SHARD_NAME = re.compile(r"-\d+-of-\d+\.(safetensors|bin)$")
-
-
-def _lone_shard(artifact) -> bool:
-    weights = {t.file for t in artifact.tensors.values()}
-    return len(weights) == 1 and "index" not in artifact.notes and bool(SHARD_NAME.search(next(iter(weights))))
-
-
 def _ex(keys, config=None, file="model.safetensors", files=None):
     return lambda: checkpoint(keys(), config=config() if callable(config) else config, file=file)
 
 
 def _stage(stage: str):
     return lambda: Context(stage=stage)
+
+
+def _empty(file: str, size: int, *, adapter: bool = False, others: tuple[str, ...] = ()):
+    """A checkpoint whose weight file holds no tensors (save_file({}), torch.save({}), an empty PEFT adapter)."""
+    def build():
+        tensors = original_llava() if others else {}
+        ckpt = checkpoint(tensors, config=None if adapter else hf_llava_config(), file=others[0] if others else file)
+        ckpt.files = [CheckpointFile(file, size, "safetensors" if file.endswith(".safetensors") else "torch"),
+                      *(CheckpointFile(o, 1000, "torch") for o in others)]
+        ckpt.file_tensors = {file: 0, **{o: len(tensors) for o in others}}
+        if adapter:
+            ckpt.adapter_config = {"peft_type": "LORA", "base_model_name_or_path": "lmsys/vicuna-7b-v1.5"}
+        return ckpt
+
+    return build
 
 
 class MissingComponent(Check):
@@ -55,7 +62,18 @@ class MissingComponent(Check):
     `mm_projector.bin` (loading it alone fails with `OSError: Error no file named
     pytorch_model.bin`), and a LoRA run without `non_lora_trainables.bin` has lost its projector:
     LLaVA prints `Some weights of LlavaLlamaForCausalLM were not initialized from the model
-    checkpoint ... newly initialized: ['model.mm_projector...']`.
+    checkpoint ... newly initialized: ['model.mm_projector...']`. The extreme case is a weight
+    file with no tensors at all: `save_file({})` / `torch.save({})` of a state dict that a ZeRO-3
+    save filtered down to nothing, the 40-byte `adapter_model.safetensors` of huggingface/trl#4416
+    and the 443-byte `adapter_model.bin` of huggingface/peft#286 (`get_peft_model_state_dict`
+    under ZeRO-3 without gathering). PEFT loads such an adapter with only a warning (`Found
+    missing adapter keys while loading the checkpoint`) and the model runs as its untouched base;
+    transformers random-initialises every weight. Every component is
+    missing, so this is reported here rather than as LD201 (whose tensors exist with shape [0]).
+    For original LLaVA the finding says what the loader the config implies will do with a tower
+    that is not in the checkpoint: a delay-loaded tower is rebuilt from `mm_vision_tower` (which
+    must resolve where the model is loaded, or the builder raises `ValueError: Unknown vision
+    tower`); an eagerly built one stays uninitialised, which LD304 reports.
     """
     fix = """
     Export the missing part with the weights, or make it rebuildable: for XTuner force
@@ -68,6 +86,8 @@ class MissingComponent(Check):
     """
     valid = (
         Example("complete HF llava", _ex(hf_llava, hf_llava_config)),
+        Example("LLaVA-NeXT without tower weights, eager tower load (LD304's)",
+                _ex(original_llava, lambda: original_llava_config(delay_load=False))),
         Example("tied HF llava without lm_head", _ex(lambda: hf_llava(lm_head=False), lambda: hf_llava_config(tie=True))),
         Example("XTuner full fine-tune with trained ViT", _ex(lambda: xtuner_pth(visual_encoder=True), file="iter_100.pth")),
         Example("one shard of a sharded HF llava", _ex(lambda: hf_llava(tower=False), hf_llava_config,
@@ -83,7 +103,17 @@ class MissingComponent(Check):
         Example("XTuner .pth with a frozen ViT", _ex(lambda: xtuner_pth(visual_encoder=False), file="iter_100.pth"),
                 count=1, contains=("visual_encoder", "--save-format huggingface", "need_visual_encoder")),
         Example("original LLaVA without its tower (rebuilt by delay_load)", _ex(original_llava, original_llava_config),
-                count=1, contains=("mm_vision_tower", "openai/clip-vit-large-patch14-336", "not a local directory")),
+                count=1, contains=("delay-loads", "openai/clip-vit-large-patch14-336", "downloaded")),
+        Example("original LLaVA whose tower reference does not resolve",
+                _ex(original_llava, lambda: original_llava_config(vision_tower="/data/train-node/clip-vit-l")), count=1,
+                contains=("ValueError: Unknown vision tower: /data/train-node/clip-vit-l",)),
+        Example("safetensors file with no tensors (save_file({}))", _empty("model.safetensors", 40), count=1,
+                contains=("model.safetensors (40 bytes) holds no tensors", "every component")),
+        Example("PEFT adapter folder with an empty adapter_model.bin", _empty("adapter_model.bin", 443, adapter=True),
+                count=1, contains=("adapter_model.bin (443 bytes) holds no tensors", "PEFT loads it with only a warning", "base model")),
+        Example("an empty mm_projector.bin beside a full checkpoint",
+                _empty("mm_projector.bin", 700, others=("model.safetensors",)), count=2,
+                contains=("mm_projector.bin (700 bytes) holds no tensors",)),
         Example("original LLaVA whose trained tower was not saved",
                 _ex(original_llava, lambda: original_llava_config(unfreeze_mm_vision_tower=True)), count=1,
                 contains=("unfreeze_mm_vision_tower",)),
@@ -93,15 +123,19 @@ class MissingComponent(Check):
                                                                   original_llava_config, file="adapter_model.safetensors"),
                 count=1, contains=("non_lora_trainables.bin", "projector")),
         Example("pretrain mm_projector.bin", _ex(lambda: original_llava(llm=False), original_llava_config,
-                                                 file="mm_projector.bin"), count=1, contains=("--model-base",)),
+                                                 file="mm_projector.bin"), count=2,
+                contains=("--model-base", "delay-loads it (LLaVA always delay-loads a frozen tower)")),
         Example("pretrain projector audited as a fine-tune", _ex(lambda: original_llava(llm=False), original_llava_config,
                                                                  file="mm_projector.bin"),
-                context=_stage("finetune"), count=1, contains=("stage finetune",)),
+                context=_stage("finetune"), count=2, contains=("stage finetune",)),
     )
 
-    def run(self, artifact, context: Context) -> Iterable[Finding]:
-        if _lone_shard(artifact):
-            return  # one shard of a sharded set holds only some components by construction
+    def run_checkpoint(self, artifact, context: Context) -> Iterable[Finding]:
+        empty = sorted(f for f, n in artifact.file_tensors.items() if n == 0)
+        if empty:
+            yield self._no_tensors(artifact, empty)
+        if not artifact.tensors or artifact.is_lone_shard():
+            return  # nothing to classify; one shard of a sharded set holds only some components by construction
         present = artifact.components_present()
         layout = artifact.layout
         if layout in HF_LAYOUTS:
@@ -110,6 +144,9 @@ class MissingComponent(Check):
             yield from self._original(artifact, present)
         elif layout == "llava-original-pretrain":
             yield self._pretrain(artifact, context)
+            tower = self._original_tower(artifact, artifact.config or {})
+            if tower is not None:
+                yield tower
         elif layout == "peft-adapter" and artifact.config_kind == "llava-original":
             yield self._missing(artifact, "projector",
                                 "LoRA adapter of a LLaVA model without non_lora_trainables.bin: the trained projector "
@@ -137,6 +174,27 @@ class MissingComponent(Check):
             yield self._missing(artifact, "image_newline",
                                 "no image_newline; LlavaNext/OneVision would random-initialise it; expected a [hidden] tensor")
 
+    def _no_tensors(self, artifact, empty: list[str]) -> Finding:
+        sizes = {f.path: f.size for f in artifact.files}
+        shown = ", ".join(f"{f} ({sizes.get(f, 0):,} bytes)" for f in empty)
+        if artifact.adapter_config is not None or any(f.startswith("adapter_model.") for f in empty):
+            consequence = ("PEFT loads it with only a warning (`Found missing adapter keys while loading the checkpoint`) "
+                           "and the model runs as its untouched base model, LoRA B starting at zero (adapters saved "
+                           "under ZeRO-3 without gathering, huggingface/trl#4416)")
+        elif artifact.tensors:
+            consequence = "whatever it was meant to hold is not there"
+        else:
+            consequence = ("every component is missing: from_pretrained random-initialises every weight "
+                           "(a state dict that a ZeRO-3 save filtered down to nothing)")
+        return self.finding(
+            f"{shown} holds no tensors: {consequence}; expected the saved weights",
+            artifact=artifact.name, location=empty[0], observed="0 tensors", expected="tensors",
+            component="all" if not artifact.tensors else "other", files=empty,
+            fix="Save the weights again with ZeRO-3 parameters gathered: set \"stage3_gather_16bit_weights_on_model_save\": "
+                "true (the Trainer and PEFT then save full tensors), or save inside deepspeed.zero.GatheredParameters; "
+                "for an existing DeepSpeed run rebuild them with zero_to_fp32.py.",
+        )
+
     def _lm_head(self, artifact, head: str) -> Iterable[Finding]:
         from llava_doctor.schema import tied_embeddings
 
@@ -149,7 +207,9 @@ class MissingComponent(Check):
     def _original(self, artifact, present: set[str]) -> Iterable[Finding]:
         config = artifact.config or {}
         if "vision_tower" not in present:
-            yield self._original_tower(artifact, config)
+            tower = self._original_tower(artifact, config)
+            if tower is not None:
+                yield tower
         if "projector" not in present and config.get("mm_projector_type") != "identity":
             yield self._missing(artifact, "projector",
                                 "no model.mm_projector.* keys; LLaVA reports them as newly initialized and the projector "
@@ -157,24 +217,35 @@ class MissingComponent(Check):
         if "language_model" in present and "lm_head" not in present:
             yield from self._lm_head(artifact, "lm_head.")
 
-    def _original_tower(self, artifact, config: dict) -> Finding:
-        from llava_doctor.schema import resolve_local_tower
+    def _original_tower(self, artifact, config: dict) -> Finding | None:
+        from llava_doctor.layout import vision_tower_unfrozen
+        from llava_doctor.tower_loading import tower_load
 
-        reference = config.get("mm_vision_tower") or config.get("vision_tower")
-        if not reference:
+        load = tower_load(config, root=artifact.root)
+        if load is None or load.reference is None:
             return self._missing(artifact, "vision_tower",
                                  "no model.vision_tower.* keys and no mm_vision_tower in config.json: nothing can rebuild "
                                  "the tower; expected tower weights or a mm_vision_tower reference")
-        if config.get("unfreeze_mm_vision_tower"):
+        if vision_tower_unfrozen(config):
             return self._missing(artifact, "vision_tower",
-                                 f"no model.vision_tower.* keys although unfreeze_mm_vision_tower is true: the trained tower "
-                                 f"was not saved and LLaVA will load the base {reference!r} instead; expected the tower's weights")
-        local = resolve_local_tower(reference, artifact.root)
-        where = f"resolves to the local directory {local}" if local else (
-            "is not a local directory: it must be a hub id or path reachable when loading")
+                                 f"no model.vision_tower.* keys although the tower was trained ({load.why}): the trained "
+                                 f"tower was not saved and is lost (the loader builds it eagerly and leaves it "
+                                 f"uninitialised, LD304); expected the tower's weights")
+        if load.eager:
+            return None  # the loader leaves the tower uninitialised: LD304 says so
+        reference = load.reference
+        if load.resolves == "unknown":
+            return self._missing(artifact, "vision_tower",
+                                 f"no model.vision_tower.* keys; {load.codebase} delay-loads the frozen tower ({load.why}) "
+                                 f"from mm_vision_tower={reference!r}, which does not resolve here: its builder raises "
+                                 f"`ValueError: Unknown vision tower: {reference}` unless that path exists where the model is "
+                                 f"loaded; expected a reachable tower reference",
+                                 severity=Severity.WARNING)
+        where = (f"from the local folder {reference}" if load.resolves == "local"
+                 else f"{reference!r}, downloaded from the hub at load time")
         return self._missing(artifact, "vision_tower",
-                             f"no model.vision_tower.* keys; normal for original LLaVA: delay_load rebuilds the frozen tower "
-                             f"from mm_vision_tower={reference!r}, which {where}",
+                             f"no model.vision_tower.* keys; normal for a frozen tower: {load.codebase} delay-loads it "
+                             f"({load.why}) and load_model() then loads the base encoder {where}",
                              severity=Severity.INFO)
 
     def _pretrain(self, artifact, context: Context) -> Finding:
@@ -184,7 +255,7 @@ class MissingComponent(Check):
                                  f"stage {context.stage} expects language-model weights but only the projector "
                                  f"({n} tensors, pretrain-stage mm_projector.bin) was saved; expected LLM weights")
         return self._missing(artifact, "language_model",
-                             f"pretrain-stage checkpoint: only the projector ({n} tensors), no LLM or tower weights; normal "
+                             f"pretrain-stage checkpoint: only the projector ({n} tensors), no LLM weights; normal "
                              "for stage pretrain: load it with --model-base BASE_LLM (or pass it as "
                              "--pretrain_mm_mlp_adapter to the fine-tune)",
                              severity=Severity.INFO)

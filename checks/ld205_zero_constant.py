@@ -4,16 +4,12 @@ from __future__ import annotations
 from typing import Iterable
 
 from llava_doctor.findings import Finding, Severity
+from llava_doctor.schema import zero_by_design
 from llava_doctor.registry import Check, Context, Example
 
 from ._checkpoint_examples import checkpoint
 
 EXAMPLES_SHOWN = 3
-
-
-def _zero_by_design(name: str, ndim: int) -> bool:
-    """Tensors a freshly initialised model legitimately holds as zeros: biases, LoRA B (PEFT starts it at 0)."""
-    return name.endswith(".bias") or ".lora_B." in name or ".lora_embedding_B" in name or ndim == 0
 
 
 def _constant_by_design(ndim: int) -> bool:
@@ -33,6 +29,8 @@ def _model(zero: tuple[str, ...] = (), constant: tuple[str, ...] = ()) -> dict:
         "model.mm_projector.0.weight": rng.standard_normal((8, 4)).astype(np.float32),
         "model.mm_projector.0.bias": np.zeros(8, dtype=np.float32),
         "model.image_newline": rng.standard_normal(8).astype(np.float32),
+        # SigLIP's attention-pooling head (OneVision): nn.MultiheadAttention starts in_proj_bias at 0
+        "model.vision_tower.vision_tower.vision_model.head.attention.in_proj_bias": np.zeros(24, dtype=np.float32),
     }
     for name in zero:
         data[name][...] = 0
@@ -61,9 +59,12 @@ class ZeroOrConstantTensors(Check):
     loaded, a projector replaced by a fresh module, a tensor zeroed by a failed conversion, or a
     sparse/hole-punched file copied without its data. It loads without any message (shapes are
     right) and the model then produces the same output for every input, e.g. an all-zero
-    projector makes the answer independent of the image. Biases and LayerNorm bias start at 0,
-    LayerNorm/RMSNorm weights at 1.0 and LoRA B at 0 by design, so those are not reported; a 1-D
-    weight that is all zero (a norm scale of 0 silences its layer) is.
+    projector makes the answer independent of the image. Biases and LayerNorm bias start at 0 (so
+    does `in_proj_bias` of SigLIP's attention-pooling head in LLaVA-OneVision, an
+    nn.MultiheadAttention), LayerNorm/RMSNorm weights at 1.0 and LoRA B at 0 by design, so those
+    are not reported (the table in `llava_doctor.schema.ZERO_BY_DESIGN`, checked against the
+    initialisation of the LLaVA-family classes by a test); a 1-D weight that is all zero (a norm
+    scale of 0 silences its layer) is. Tensors lying in holes of a sparse file are LD206's.
     """
     fix = """
     Find where the tensor comes from: if the base model has real values, the save or conversion
@@ -94,7 +95,9 @@ class ZeroOrConstantTensors(Check):
         for name, result in scan.tensors.items():
             info = artifact.tensors[name]
             ndim = len(info.shape)
-            if result.all_zero and not _zero_by_design(name, ndim):
+            if result.in_hole:
+                continue  # never written: LD206 reports the hole
+            if result.all_zero and not zero_by_design(name, ndim):
                 groups.setdefault((info.component, "all zero"), []).append(name)
             elif result.constant and not _constant_by_design(ndim):
                 groups.setdefault((info.component, "constant"), []).append(name)

@@ -1,10 +1,10 @@
-"""LD208: vision-tower keys that another transformers major version reads as a random tower."""
+"""LD208: key layouts that another transformers major version reads as random components."""
 from __future__ import annotations
 
 from typing import Iterable
 
 from llava_doctor.findings import Finding, Severity
-from llava_doctor.layout import LORA_PATTERN, vision_tower_unfrozen
+from llava_doctor.layout import LORA_PATTERN, canonical_key, vision_tower_unfrozen
 from llava_doctor.registry import Check, Context, Example
 
 from ._checkpoint_examples import checkpoint, clip_tower, hf_llava, hf_llava_config, original_llava, xtuner_pth
@@ -39,6 +39,62 @@ def _mixed():
     return checkpoint(keys, config=hf_llava_config())
 
 
+# Where transformers 4.x LlavaForConditionalGeneration (and Next/OneVision) keeps each component on disk.
+ROOTS_4X = {
+    "vision_tower": "vision_tower.vision_model.",
+    "projector": "multi_modal_projector.",
+    "language_model": "language_model.model.",
+    "lm_head": "language_model.lm_head.",
+    "image_newline": "image_newline",
+}
+HF_LAYOUTS = ("hf-llava", "hf-llava-4x", "hf-llava-memory")
+
+
+def keys_4x_rejects(keys, layout: str) -> dict[str, list[tuple[str, str]]]:
+    """Component -> [(key, the key 4.x expects)] for keys transformers 4.x loads as missing + unexpected.
+
+    4.x matches keys by name, with one rewrite: when any checkpoint key starts with its base model
+    prefix `model.`, it prefixes every key it expects with `model.` (so `model.multi_modal_projector.*`
+    loads, and `lm_head.weight` does not). Measured with 4.37.2 in tests/test_trainer_artifacts.py.
+    """
+    keys = [k for k in keys if not LORA_PATTERN.search(k)]
+    prefixed = any(k.startswith("model.") for k in keys)
+    rejected: dict[str, list[tuple[str, str]]] = {}
+    for key in sorted(keys):
+        canonical = canonical_key(key, layout)
+        if canonical is None:
+            continue
+        component, rest = canonical.split(":", 1)
+        root = ROOTS_4X.get(component)
+        if root is None:
+            continue
+        expected = root + rest if component != "image_newline" else root
+        seen = (key[len("model."):] if key.startswith("model.") else None) if prefixed else key
+        if seen != expected:
+            rejected.setdefault(component, []).append((key, ("model." if prefixed else "") + expected))
+    return rejected
+
+
+def _zero3_trainer_save():
+    """transformers 5 under ZeRO-3 (a model from from_pretrained, saved by the Trainer): `language_model.model.model.*`."""
+    keys = {k.replace("language_model.model.", "language_model.model.model.", 1): v for k, v in hf_llava(vision_model=True).items()}
+    return checkpoint(keys, config=hf_llava_config(transformers_version="5.24.0"))
+
+
+def _memory_state_dict():
+    """save_file(model.state_dict()) of a transformers 5 Llava: in-memory names."""
+    keys = {}
+    for key, shape in hf_llava().items():
+        if key.startswith("language_model.lm_head."):
+            key = "lm_head." + key[len("language_model.lm_head."):]
+        elif key.startswith("language_model.model."):
+            key = "model.language_model." + key[len("language_model.model."):]
+        else:
+            key = "model." + key
+        keys[key] = shape
+    return checkpoint(keys, config=hf_llava_config())
+
+
 def _original_5x():
     keys = original_llava()
     keys.update(clip_tower("model.vision_tower.vision_tower."))
@@ -60,7 +116,11 @@ class KeyLayoutVersion(Check):
     unexpected (`Some weights of the model checkpoint ... were not used when initializing` /
     `newly initialized`), prints only a warning, and runs with a randomly initialised vision
     tower. A tower whose keys mix both styles (a half-done conversion) is partly re-initialised by
-    4.x. A uniform 5.x tower in a transformers-native checkpoint is reported as info (it is right
+    4.x. The other components have the same trap: transformers 5 under ZeRO-3 (a model loaded with
+    `from_pretrained`, saved by the Trainer) writes `language_model.model.model.*` where a plain save
+    writes `language_model.model.*`; 5.x reads both, 4.37 loads it with all 20 LLM keys of a tiny
+    model missing and unexpected, i.e. a randomly initialised language model; a raw in-memory state
+    dict (`model.language_model.*`, `lm_head.weight`) loses the LLM, the head and the tower in 4.x. A uniform 5.x tower in a transformers-native checkpoint is reported as info (it is right
     for transformers >= 5); in original-LLaVA and XTuner layouts, whose code pins 4.x, and for mixed
     towers it is a warning.
     """
@@ -79,6 +139,12 @@ class KeyLayoutVersion(Check):
             config={"mm_vision_tower": "openai/clip-vit-large-patch14-336", "mm_hidden_size": 96})),
     )
     invalid = (
+        Example("transformers 5 under ZeRO-3: language_model.model.model.*", _zero3_trainer_save, count=1,
+                contains=("language_model: 20 of 20 keys", "language_model.model.model.embed_tokens.weight",
+                          "expects language_model.model.embed_tokens.weight", "randomly initialised language model")),
+        Example("a raw 5.x state dict (model.language_model.*, lm_head.weight)", _memory_state_dict, count=3,
+                contains=("39 vision-tower keys", "language_model: 20 of 20 keys", "lm_head: 1 of 1 keys",
+                          "expects model.language_model.lm_head.weight")),
         Example("5.x keys", _hf(False), count=1,
                 contains=("39 vision-tower keys", "vision_tower.embeddings.class_embedding", "transformers 5.23.0",
                           "4.37.2")),
@@ -88,6 +154,31 @@ class KeyLayoutVersion(Check):
     )
 
     def run(self, artifact, context: Context) -> Iterable[Finding]:
+        if artifact.deepspeed is not None and not artifact.deepspeed.consolidated:
+            return  # DeepSpeed's own module state: zero_to_fp32 rebuilds weights from it, from_pretrained never reads it
+        yield from self._tower(artifact)
+        if artifact.layout in HF_LAYOUTS:
+            rejected = keys_4x_rejects(artifact.tensors, artifact.layout)
+            totals = {c: len(v) for c, v in artifact.by_component().items()}
+            for component in ("projector", "language_model", "lm_head", "image_newline"):
+                if rejected.get(component):
+                    yield self._component(artifact, component, rejected[component], totals.get(component, 0))
+
+    def _component(self, artifact, component: str, rejected: list, total: int) -> Finding:
+        key, expected = rejected[0]
+        writer = (artifact.config or {}).get("transformers_version")
+        written = f" (config says transformers {writer})" if writer else ""
+        root = ("model." if expected.startswith("model.") else "") + ROOTS_4X[component]
+        what = {"language_model": "language model", "lm_head": "output head"}.get(component, component)
+        return self.finding(
+            f"{component}: {len(rejected)} of {total} keys use a layout transformers 4.x does not read (e.g. {key}, where "
+            f"4.x expects {expected}){written}; transformers < 5 (e.g. LLaVA's pin 4.37.2) reports them missing and "
+            f"unexpected and runs with a randomly initialised {what}; expected {root}* for 4.x consumers",
+            artifact=artifact.name, location=f"{artifact.tensors[key].file}:{key}", severity=Severity.WARNING,
+            observed=key, expected=expected, component=component, keys=len(rejected),
+        )
+
+    def _tower(self, artifact) -> Iterable[Finding]:
         prefix = TOWER_PREFIXES.get(artifact.layout)
         if prefix is None:
             return

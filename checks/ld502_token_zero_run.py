@@ -7,7 +7,7 @@ from llava_doctor.artifacts.generation import Generation
 from llava_doctor.findings import Finding, Severity
 from llava_doctor.registry import Check, Context, Example
 
-from ._generation_examples import ANSWER, generation
+from ._generation_examples import ANSWER, generation, sample as example_sample
 
 MIN_RUN = 4
 
@@ -73,17 +73,22 @@ class TokenZeroRun(Check):
                 count=1, contains=("2 times in a row from step 1 (all 2 generated tokens)", "'<unk>'")),
         Example("two separate runs", generation((0,) * 4 + (9,) + (0,) * 5, nonfinite=range(1, 11)), count=2,
                 contains=("4 times in a row from step 1", "5 times in a row from step 6")),
+        Example("one of two images", generation(samples=(example_sample(ANSWER), example_sample((0,) * 6, nonfinite=range(1, 7),
+                                                                                image="cat.jpg"))),
+                count=1, contains=("cat.jpg / 'Describe the image.': generated token id 0",)),
     )
 
     def run(self, artifact: Generation, context: Context) -> Iterable[Finding]:
         min_run = int(context.option("min_run", MIN_RUN) or MIN_RUN)
-        total = len(artifact.token_ids)
-        for start, length in nan_token_zero_runs(artifact.token_ids, artifact.step_logits_finite, min_run):
-            scope = f"all {total} generated tokens" if length == total else f"of {total} generated tokens"
-            yield self.finding(
-                f"generated token id 0 ({artifact.token_zero!r}) {length} times in a row from step {start} ({scope}) "
-                f"while the logits were non-finite in {artifact.dtype}: argmax of a NaN row is id 0; "
-                "expected finite logits, varied tokens",
-                artifact=artifact.name, location=f"step {start}", observed={"token_id": 0, "run": length},
-                expected="finite logits, varied tokens", first_step=start, run_length=length,
-                token_zero=artifact.token_zero, dtype=artifact.dtype)
+        for sample in artifact.samples:
+            total = len(sample.token_ids)
+            finite = [step.finite for step in sample.steps]
+            for start, length in nan_token_zero_runs(sample.token_ids, finite, min_run):
+                scope = f"all {total} generated tokens" if length == total else f"of {total} generated tokens"
+                yield self.finding(
+                    f"{sample.label()}: generated token id 0 ({artifact.token_zero!r}) {length} times in a row from "
+                    f"step {start} ({scope}) while the logits were non-finite in {artifact.dtype}: argmax of a NaN row "
+                    "is id 0; expected finite logits, varied tokens",
+                    artifact=artifact.name, location=f"{sample.image}: step {start}", observed={"token_id": 0, "run": length},
+                    expected="finite logits, varied tokens", image=sample.image, prompt=sample.prompt, first_step=start,
+                    run_length=length, token_zero=artifact.token_zero, dtype=artifact.dtype)

@@ -52,19 +52,22 @@ class NonFiniteActivations(Check):
     )
 
     def run(self, artifact: Generation, context: Context) -> Iterable[Finding]:
-        bad = artifact.nonfinite_steps
-        total = len(artifact.step_logits_finite)
-        logits = f"logits non-finite at {_steps(bad, total)}" if bad else "logits stayed finite"
-        if artifact.first_nonfinite_module:
-            module, step = artifact.first_nonfinite_module, artifact.first_nonfinite_step
-            yield self.finding(
-                f"first non-finite output: {module} produced {artifact.first_nonfinite_value or 'non-finite values'} "
-                f"at step {step} in {artifact.dtype}; {logits}; expected finite activations",
-                artifact=artifact.name, location=module, observed=artifact.first_nonfinite_value,
-                expected="finite activations", module=module, step=step, dtype=artifact.dtype,
-                nonfinite_logit_steps=list(bad))
-        elif bad:
-            yield self.finding(
-                f"{logits} in {artifact.dtype} (no module output was recorded as non-finite); expected finite logits",
-                artifact=artifact.name, location=f"step {bad[0]}", observed="non-finite logits",
-                expected="finite logits", step=bad[0], dtype=artifact.dtype, nonfinite_logit_steps=list(bad))
+        for sample in artifact.samples:
+            bad = sample.nonfinite_steps
+            total = len(sample.steps)
+            logits = f"logits non-finite at {_steps(bad, total)}" if bad else "logits stayed finite"
+            first = sample.first_nonfinite
+            if first is not None:
+                yield self.finding(
+                    f"{sample.label()}: first non-finite output: {first.module} produced {first.value} at step "
+                    f"{first.step} in {artifact.dtype}; {logits}; expected finite activations",
+                    artifact=artifact.name, location=f"{sample.image}: {first.module}", observed=first.value,
+                    expected="finite activations", image=sample.image, prompt=sample.prompt, module=first.module,
+                    step=first.step, dtype=artifact.dtype, nonfinite_logit_steps=list(bad))
+            elif bad:
+                yield self.finding(
+                    f"{sample.label()}: {logits} in {artifact.dtype} (no module output was recorded as non-finite); "
+                    "expected finite logits",
+                    artifact=artifact.name, location=f"{sample.image}: step {bad[0]}", observed="non-finite logits",
+                    expected="finite logits", image=sample.image, prompt=sample.prompt, step=bad[0],
+                    dtype=artifact.dtype, nonfinite_logit_steps=list(bad))

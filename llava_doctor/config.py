@@ -1,4 +1,9 @@
-"""Settings from `[tool.llava-doctor]` in the nearest pyproject.toml, merged under the command line."""
+"""Settings from `[tool.llava-doctor]` in the nearest pyproject.toml, merged under the command line.
+
+Every value is checked when the file is read, as ruff does: an unknown key, code, prefix, stage,
+template, recipe or format is a one-line usage error naming the closest known value, never a
+setting that silently disables checks.
+"""
 from __future__ import annotations
 
 import sys
@@ -6,14 +11,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .findings import InputError, Severity
+from .findings import InputError, Severity, unknown_value
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-FORMATS = ("text", "json", "junit", "sarif", "github")
 KNOWN_KEYS = {"select", "ignore", "severity", "fail-on", "template", "recipe", "format", "deep", "stage", "schema"}
 
 
@@ -46,17 +50,51 @@ def find_pyproject(start: Path | None = None) -> Path | None:
 
 
 def _codes(value: Any, key: str, path: Path) -> tuple[str, ...]:
+    from .registry import check_patterns
+
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InputError(f"{path}: [tool.llava-doctor] {key} must be a list of codes, got {value!r}")
-    return tuple(v.strip().upper() for v in value)
+    return check_patterns(value, where=f"{path}: [tool.llava-doctor] {key}")
+
+
+def known_values(key: str) -> tuple[str, ...]:
+    """The names an option accepts: `stage`, `template`, `recipe` or `format` (reporters include plugins)."""
+    if key == "stage":
+        from .stages import STAGES
+
+        return STAGES
+    if key == "template":
+        from .templates.codebase import SETUP_VERSIONS
+        from .templates.conversation import TEMPLATES
+
+        return tuple(sorted({*TEMPLATES, *SETUP_VERSIONS}))  # v0.5: a --version train.py sets up itself
+    if key == "recipe":
+        from .templates.recipes import CODEBASES
+
+        return CODEBASES
+    if key == "format":
+        from .reporters import available
+
+        return tuple(available())
+    raise KeyError(key)
+
+
+def check_value(key: str, value: Any, *, where: str) -> str:
+    """`value` if it is a known `key` (see known_values), else a one-line usage error naming the closest."""
+    known = known_values(key)
+    if not isinstance(value, str) or value not in known:
+        raise unknown_value(key, value, known, where=where)
+    return value
 
 
 def parse_settings(table: Mapping[str, Any], path: Path) -> Settings:
+    from .registry import expand_severity_overrides
+
     unknown = sorted(set(table) - KNOWN_KEYS)
     if unknown:
-        raise InputError(f"{path}: unknown key(s) in [tool.llava-doctor]: {', '.join(unknown)}")
+        raise unknown_value("key", unknown[0], sorted(KNOWN_KEYS), where=f"{path}: [tool.llava-doctor]")
     kwargs: dict[str, Any] = {"source": str(path)}
     if "select" in table:
         kwargs["select"] = _codes(table["select"], "select", path)
@@ -65,14 +103,13 @@ def parse_settings(table: Mapping[str, Any], path: Path) -> Settings:
     if "severity" in table:
         if not isinstance(table["severity"], Mapping):
             raise InputError(f"{path}: [tool.llava-doctor] severity must be a table like {{LD205 = \"info\"}}")
-        kwargs["severity"] = {str(k).upper(): _severity(v, f"severity.{k}", path) for k, v in table["severity"].items()}
+        levels = {str(k): _severity(v, f"severity.{k}", path) for k, v in table["severity"].items()}
+        kwargs["severity"] = expand_severity_overrides(levels, where=f"{path}: [tool.llava-doctor] severity")
     if "fail-on" in table:
         kwargs["fail_on"] = _severity(table["fail-on"], "fail-on", path)
     for key in ("template", "recipe", "format", "stage"):
         if key in table:
-            kwargs[key] = str(table[key])
-    if kwargs.get("format", "text") not in FORMATS:
-        raise InputError(f"{path}: [tool.llava-doctor] format must be one of {', '.join(FORMATS)}")
+            kwargs[key] = check_value(key, table[key], where=f"{path}: [tool.llava-doctor] {key}")
     for key in ("deep", "schema"):
         if key in table:
             if not isinstance(table[key], bool):

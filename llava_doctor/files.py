@@ -53,7 +53,8 @@ def regular_file_size(path: str | os.PathLike, *, what: str = "file") -> int:
     return st.st_size
 
 
-def open_regular(path: str | os.PathLike, *, limit: int | None = None, what: str = "file", binary: bool = True) -> IO[Any]:
+def open_regular(path: str | os.PathLike, *, limit: int | None = None, what: str = "file", binary: bool = True,
+                 buffering: int = -1) -> IO[Any]:
     """Open a regular file for reading after checking its type (and size against `limit`, if given).
 
     The type is checked on the opened descriptor too (O_NONBLOCK keeps a FIFO swapped in between
@@ -75,7 +76,8 @@ def open_regular(path: str | os.PathLike, *, limit: int | None = None, what: str
         raise InputError(f"{name}: not a regular {what} ({file_type(st.st_mode)})")
     if hasattr(os, "set_blocking"):
         os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb" if binary else "r", **({} if binary else {"encoding": "utf-8", "errors": "strict"}))
+    return os.fdopen(fd, "rb" if binary else "r", buffering,
+                     **({} if binary else {"encoding": "utf-8", "errors": "strict"}))
 
 
 def read_bytes(path: str | os.PathLike, *, limit: int, what: str = "file") -> bytes:

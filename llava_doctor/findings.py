@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
-
-DOCS_URL = "docs/checks.md"
-
 
 class Severity(enum.IntEnum):
     INFO = 1
@@ -26,8 +24,10 @@ class Severity(enum.IntEnum):
         return self.name.lower()
 
 
-def doc_anchor(code: str) -> str:
-    return f"{DOCS_URL}#{code.lower()}"
+def explain_command(code: str) -> str:
+    """Where a finding's documentation is: the installed tool prints it, for built-in and third-party checks
+    alike, on any machine (a path into a checkout or a site-packages folder would not survive a CI job)."""
+    return f"llava-doctor explain {code}"
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,12 @@ class Finding:
 
     @property
     def doc(self) -> str:
-        return doc_anchor(self.code)
+        return explain_command(self.code)
 
     def sort_key(self) -> tuple:
-        return (self.artifact, -int(self.severity), self.code, self.location, self.message)
+        # `phase_rank` (preflight: when the problem would bite) orders before severity; 0 elsewhere
+        return (self.artifact, int(self.extra.get("phase_rank", 0) or 0), -int(self.severity), self.code, self.location,
+                self.message)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -66,21 +68,24 @@ class Finding:
             "doc": self.doc,
         }
         if self.observed is not None:
-            out["observed"] = _jsonable(self.observed)
+            out["observed"] = jsonable(self.observed)
         if self.expected is not None:
-            out["expected"] = _jsonable(self.expected)
+            out["expected"] = jsonable(self.expected)
         for key, value in sorted(self.extra.items()):
-            out.setdefault(key, _jsonable(value))
+            out.setdefault(key, jsonable(value))
         return out
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """Plain JSON values: NaN/Inf become the strings "nan"/"inf"/"-inf" (strict JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if value != value else ("inf" if value > 0 else "-inf")
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        items = [_jsonable(v) for v in value]
+        items = [jsonable(v) for v in value]
         return sorted(items, key=repr) if isinstance(value, (set, frozenset)) else items
     return str(value)
 
@@ -95,10 +100,17 @@ class Report:
     # inputs that could not be read at all: (what the user passed, one-line reason). The run goes
     # on with the other inputs, and the exit code is 2 (unreadable input) whatever else was found.
     input_errors: list[tuple[str, str]] = field(default_factory=list)
+    # wall-clock measurements (seconds): shown to people, never in machine formats, which stay identical run to run
+    timings: dict[str, Any] = field(default_factory=dict)
 
     def add_input_error(self, artifact: str, message: str) -> None:
         if (artifact, message) not in self.input_errors:
             self.input_errors.append((artifact, message))
+
+    def input_error_lines(self) -> list[str]:
+        """One line per unreadable input, naming it once (`x.bin: no such file`, not `x.bin: x.bin: ...`)."""
+        return [message if message.startswith(artifact) else f"{artifact}: {message}"
+                for artifact, message in self.input_errors]
 
     def extend(self, findings: Iterable[Finding]) -> None:
         self.findings.extend(findings)
@@ -116,6 +128,8 @@ class Report:
             self.add_input_error(artifact, message)
         for key, value in other.stats.items():
             self.stats.setdefault(key, value)
+        for key, value in other.timings.items():
+            self.timings.setdefault(key, value)
 
     def codes(self) -> list[str]:
         return [f.code for f in self.findings]
@@ -137,7 +151,19 @@ class Report:
             "findings": len(self.findings),
             "by_severity": counts,
             "by_code": dict(sorted(per_code.items())),
+            "input_errors": len(self.input_errors),
         }
+
+    def statistics(self) -> list[dict[str, Any]]:
+        """Counts per code (ruff's --statistics): code, count of findings, occurrences (a grouped finding, e.g. one
+        per tokenization cause, stands for `extra["count"]` samples) and the worst severity among its findings."""
+        rows: dict[str, dict[str, Any]] = {}
+        for f in self.findings:
+            row = rows.setdefault(f.code, {"code": f.code, "count": 0, "occurrences": 0, "severity": f.severity})
+            row["count"] += 1
+            row["occurrences"] += int(f.extra.get("count", 1) or 1)
+            row["severity"] = max(row["severity"], f.severity)
+        return sorted(rows.values(), key=lambda r: (-r["count"], r["code"]))
 
     def exit_code(self, fail_on: Severity) -> int:
         """0 clean, 1 findings at or above `fail_on`, 2 when some input could not be read."""
@@ -148,3 +174,17 @@ class Report:
 
 class InputError(Exception):
     """An input llava-doctor cannot read at all. The CLI prints it as one line and exits 2."""
+
+
+def unknown_value(what: str, value: str, known: Iterable[str], *, where: str = "", listed: str | None = None) -> InputError:
+    """The one-line usage error for a name that is not one of `known`, with the closest match (as ruff does).
+
+    `listed` replaces the full list of known names in the message (for long lists: a summary and where to look).
+    """
+    import difflib
+
+    known = list(known)
+    close = difflib.get_close_matches(str(value), known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    prefix = f"{where}: " if where else ""
+    return InputError(f"{prefix}unknown {what} {value!r}{hint}; known: {listed if listed is not None else ', '.join(known)}")

@@ -97,6 +97,9 @@ _COMPONENT_ROOTS: dict[str, tuple[tuple[str, str], ...]] = {
         ("image_newline", "image_newline"),
         ("language_model.lm_head.", "lm_head"),
         ("lm_head.", "lm_head"),
+        # transformers 5.x under ZeRO-3 (a model from from_pretrained, saved by the Trainer) writes one
+        # `model.` level more; a text model has no `model.` submodule, so the extra level is unambiguous
+        ("language_model.model.model.", "language_model"),
         ("language_model.model.", "language_model"),
     ),
     "hf-llava-memory": _RULES["hf-llava-memory"],  # there every component's prefix is its root
@@ -140,6 +143,19 @@ def strip_peft_prefix(key: str) -> str:
         if key.startswith(prefix):
             return key[len(prefix):]
     return key
+
+
+# PEFT's wrapping of a live module tree: the `base_model.model.` level (at the root, or under XTuner's
+# `llm.` / `visual_encoder.`), LoRA's `base_layer`, and `modules_to_save`'s two copies of a module.
+_PEFT_ROOT = re.compile(r"(^|\.)base_model\.model\.")
+_PEFT_LEVEL = re.compile(r"\.(base_layer|original_module|modules_to_save\.[^.]+)\.")
+
+
+def live_key(name: str) -> str:
+    """A live parameter name in the layout of the model PEFT wrapped, so the rules above apply to it:
+    `base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight` -> `model.layers.0.self_attn.q_proj.weight`,
+    `llm.base_model.model.model.norm.weight` (XTuner) -> `llm.model.norm.weight`; LoRA weights keep `lora_A`/`lora_B`."""
+    return _PEFT_LEVEL.sub(".", _PEFT_ROOT.sub(r"\1", name))
 
 
 def component_of(key: str, layout: str) -> str:

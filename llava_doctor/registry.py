@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
-from .findings import Finding, Severity
+from .findings import Finding, Severity, unknown_value
 
 ENTRY_POINT_GROUP = "llava_doctor.checks"
 CODE_PATTERN = re.compile(r"^[A-Z]{2,5}\d{3}$")
@@ -215,6 +215,73 @@ def matches(code: str, patterns: Iterable[str]) -> bool:
     return any(p == "ALL" or code.startswith(p) for p in patterns)
 
 
+def code_ranges(codes: Iterable[str]) -> str:
+    """`LD101, LD102, LD103, LD201` -> `LD101-LD103, LD201`: a compact list of codes for one-line messages."""
+    runs: list[list[str]] = []
+    for code in sorted(codes):
+        if runs and code[:-3] == runs[-1][-1][:-3] and int(code[-3:]) == int(runs[-1][-1][-3:]) + 1:
+            runs[-1].append(code)
+        else:
+            runs.append([code])
+    return ", ".join(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+
+
+def check_patterns(patterns: Iterable[str], *, where: str = "") -> tuple[str, ...]:
+    """Normalise codes/prefixes and refuse any that names no known check: a typo in --select or --ignore
+    would otherwise silently run nothing (or skip nothing). `ALL` and third-party codes are known."""
+    codes = list(all_checks())
+    normalised = tuple(str(p).strip().upper() for p in patterns if str(p).strip())
+    for pattern in normalised:
+        if pattern != "ALL" and not any(code.startswith(pattern) for code in codes):
+            raise unknown_value("code or prefix", pattern, codes, where=where,
+                                listed=f"ALL, {code_ranges(codes)} (`llava-doctor rules` lists them)")
+    return normalised
+
+
+def expand_severity_overrides(overrides: Mapping[str, Severity], *, where: str = "") -> dict[str, Severity]:
+    """{code or prefix: severity} -> {code: severity}; the most specific pattern wins (`LD2` then `LD205`)."""
+    by_pattern = {check_patterns([key], where=where)[0]: Severity.parse(value) for key, value in overrides.items()}
+    expanded: dict[str, Severity] = {}
+    for pattern in sorted(by_pattern, key=lambda p: (p != "ALL", len(p))):
+        for code in all_checks():
+            if matches(code, [pattern]):
+                expanded[code] = by_pattern[pattern]
+    return expanded
+
+
+def selected_codes(
+    artifact: str, *, select: Iterable[str] = ("ALL",), ignore: Iterable[str] = (), deep: bool = False
+) -> list[str]:
+    """The codes that will run on an artifact kind under this selection (validated: unknown codes raise)."""
+    select = check_patterns(select, where="select") or ("ALL",)
+    ignore = check_patterns(ignore, where="ignore")
+    return [
+        code for code, check in all_checks().items()
+        if artifact in check.kinds() and (deep or not check.deep) and matches(code, select) and not matches(code, ignore)
+    ]
+
+
+def selection_gaps(
+    kinds: Iterable[str], *, select: Iterable[str] = ("ALL",), ignore: Iterable[str] = (), deep: bool = False
+) -> dict[str, str]:
+    """Artifact kind -> why the selection leaves no check for it (kinds it covers are absent)."""
+    select = check_patterns(select, where="select") or ("ALL",)
+    ignore = check_patterns(ignore, where="ignore")
+    gaps = {}
+    for kind in kinds:
+        if selected_codes(kind, select=select, ignore=ignore, deep=deep):
+            continue
+        of_kind = [code for code, check in all_checks().items() if kind in check.kinds()]
+        wanted = [code for code in of_kind if matches(code, select) and not matches(code, ignore)]
+        if wanted:  # selected, but every one of them reads tensor data
+            gaps[kind] = f"{code_ranges(wanted)} read tensor data: add --deep"
+        elif of_kind:
+            gaps[kind] = f"its checks are {code_ranges(of_kind)}"
+        else:
+            gaps[kind] = "no installed check reads it"
+    return gaps
+
+
 def select_checks(
     artifact: str,
     *,
@@ -222,14 +289,8 @@ def select_checks(
     ignore: Iterable[str] = (),
     deep: bool = False,
 ) -> list[Check]:
-    select, ignore = list(select) or ["ALL"], list(ignore)
-    chosen = []
-    for code, check in all_checks().items():
-        if artifact not in check.kinds() or (check.deep and not deep):
-            continue
-        if matches(code, select) and not matches(code, ignore):
-            chosen.append(check())
-    return chosen
+    checks = all_checks()
+    return [checks[code]() for code in selected_codes(artifact, select=select, ignore=ignore, deep=deep)]
 
 
 def run_checks(artifact_obj: Any, kind: str, context: Context, **selection: Any) -> list[Finding]:

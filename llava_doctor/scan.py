@@ -18,14 +18,17 @@ or constant is normal for them and they cannot hold NaN.
 from __future__ import annotations
 
 import os
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from .artifacts.checkpoint import Checkpoint, TensorInfo
+from .artifacts.holes import overlap
+from .files import open_regular
+from .findings import InputError
+from .progress import progress_bar
 
 DEFAULT_BUFFER_BYTES = 4 << 20  # fits in L3 with the compute slice: measured ~2x faster warm than 16 MiB
 _COMPUTE_SLICE_BYTES = 1 << 20  # keep the mask temporary in cache
@@ -68,6 +71,7 @@ class TensorScan:
     all_zero: bool = False
     constant: bool = False  # every element has the same bit pattern, and it is not ±0
     value: float | None = None  # the constant's value when `constant`
+    in_hole: bool = False  # at least half of the data lies in holes of a sparse file (never written; LD206's)
 
     @property
     def finite(self) -> bool:
@@ -129,18 +133,39 @@ def _count_nonfinite(chunks: Iterable[np.ndarray], fmt: BitFormat) -> tuple[int,
     return nan, inf
 
 
-def _file_chunks(f: Any, buf: bytearray, info: TensorInfo, fmt: BitFormat) -> Iterator[np.ndarray]:
-    """The tensor's raw bits as uint arrays viewing the reused buffer (valid until the next chunk)."""
+def _file_chunks(f: Any, buf: bytearray, info: TensorInfo, fmt: BitFormat,
+                 holes: tuple[tuple[int, int], ...] = ()) -> Iterator[np.ndarray]:
+    """The tensor's raw bits as uint arrays viewing the reused buffer (valid until the next chunk).
+
+    Bytes in `holes` (of a sparse file) are not read: each hole stands for zeros, yielded as one zero element
+    (enough for the scan's max/min folding; never used where element counts must match).
+    """
+    start, end = int(info.offset or 0), int(info.offset or 0) + int(info.nbytes or 0)
+    width = np.dtype(fmt.uint).itemsize
+    position = start
+    for hole_start, hole_end in holes:
+        # element boundaries: a hole is skipped only where whole elements lie in it
+        first = start + -(-(max(hole_start, start) - start) // width) * width
+        last = start + (min(hole_end, end) - start) // width * width
+        if last <= first:
+            continue
+        if first > position:
+            yield from _read_range(f, buf, position, first - position, fmt, info.name)
+        yield np.zeros(1, dtype=fmt.uint)
+        position = last
+    if end > position:
+        yield from _read_range(f, buf, position, end - position, fmt, info.name)
+
+
+def _read_range(f: Any, buf: bytearray, position: int, remaining: int, fmt: BitFormat, name: str) -> Iterator[np.ndarray]:
     view = memoryview(buf)
-    remaining = int(info.nbytes or 0)
-    position = int(info.offset or 0)
     f.seek(position)
     while remaining > 0:
         want = min(remaining, len(buf))
         got = f.readinto(view[:want])
         usable = got - got % np.dtype(fmt.uint).itemsize
         if not usable:
-            raise EOFError(f"file ends {remaining - got} bytes before the end of {info.name}")
+            raise EOFError(f"file ends {remaining - got} bytes before the end of {name}")
         if usable != got:  # a short read that split an element: re-read the split element next time
             f.seek(usable - got, os.SEEK_CUR)
         remaining -= usable
@@ -206,6 +231,17 @@ def _skip_reason(info: TensorInfo) -> str | None:
     return None
 
 
+def _holes_of(checkpoint: Checkpoint, info: TensorInfo) -> tuple[tuple[int, int], ...]:
+    holes = checkpoint.holes.get(info.file)
+    return holes.holes if holes is not None and info.offset is not None and info.nbytes else ()
+
+
+def hole_bytes(checkpoint: Checkpoint, info: TensorInfo) -> int:
+    """How many of the tensor's bytes lie in holes of its (sparse) file: they were never written."""
+    holes = _holes_of(checkpoint, info)
+    return overlap(list(holes), info.offset, info.offset + info.nbytes) if holes else 0
+
+
 def _addressable(info: TensorInfo, width: int) -> bool:
     return (
         info.offset is not None
@@ -220,18 +256,6 @@ def _advise_sequential(f: Any) -> None:
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         except OSError:
             pass
-
-
-def progress_bar(total: int, enabled: bool, desc: str = "scanning values") -> Any:
-    """A tqdm byte counter that appears only after a second, on a terminal; None when not wanted."""
-    if not enabled or os.environ.get("TQDM_DISABLE") or not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm comes with transformers
-        return None
-    # delay=1: the bar shows up only when the scan takes more than a second
-    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, delay=1.0, leave=False)
 
 
 def scan_checkpoint(
@@ -257,27 +281,34 @@ def scan_checkpoint(
             result.skipped[info.name] = reason
             continue
         fmt = BIT_FORMATS[info.dtype]
+        if hole_bytes(checkpoint, info) == info.nbytes:  # never written: zeros, not read (a sparse 1 TB file)
+            result.tensors[info.name] = TensorScan(info.name, info.dtype, info.numel, all_zero=True, in_hole=True)
+            continue
         if _addressable(info, np.dtype(fmt.uint).itemsize):
             by_file.setdefault(info.file, []).append((info, fmt))
         elif checkpoint.loader is not None:
             loaded.append((info, fmt))
         else:
             result.skipped[info.name] = "data not addressable and no loader"
-    total = sum(i.numel * np.dtype(f.uint).itemsize for group in (*by_file.values(), loaded) for i, f in group)
-    bar = progress_bar(total, progress)
+    total = sum(i.numel * np.dtype(f.uint).itemsize - hole_bytes(checkpoint, i)
+                for group in (*by_file.values(), loaded) for i, f in group)
+    bar = progress_bar(total, progress, "scanning values")
     try:
         for rel, group in sorted(by_file.items()):
             path = os.path.join(checkpoint.root, rel)
             try:
-                f = open(path, "rb", buffering=0)
-            except OSError as exc:
+                f = open_regular(path, what="weights file", buffering=0)
+            except (InputError, OSError) as exc:
                 for info, _ in group:
-                    result.errors[info.name] = f"cannot open {rel}: {exc.strerror or exc}"
+                    result.errors[info.name] = f"cannot open {rel}: {getattr(exc, 'strerror', None) or exc}"
                 continue
             with f:
                 _advise_sequential(f)
                 for info, fmt in sorted(group, key=lambda p: p[0].offset or 0):
-                    _scan_one(result, info, fmt, lambda i=info, fm=fmt: _file_chunks(f, buf, i, fm), bar)
+                    holes = _holes_of(checkpoint, info)
+                    _scan_one(result, info, fmt, lambda i=info, fm=fmt, h=holes: _file_chunks(f, buf, i, fm, h), bar)
+                    if holes and info.name in result.tensors and 2 * hole_bytes(checkpoint, info) >= info.nbytes:
+                        result.tensors[info.name] = replace(result.tensors[info.name], in_hole=True)
         for info, fmt in loaded:
             def chunks(i: TensorInfo = info, fm: BitFormat = fmt) -> Iterator[np.ndarray]:
                 return _tensor_chunks(checkpoint.load_tensor(i), fm, buffer_bytes)

@@ -139,3 +139,46 @@ def infer_stage(flags: TrainingFlags) -> tuple[str, str]:
     if flags.lora_enable:
         return "lora", "lora_enable is set (or LoRA modules are present)"
     return "finetune", "no tune_mm_mlp_adapter, mm_tunable_parts or LoRA"
+
+
+def predicted_trainable(flags: TrainingFlags, codebase: str, *, lora_fix: bool = True,
+                        image_newline: bool = False) -> dict[str, bool]:
+    """What `codebase`'s train.py really leaves trainable for these launch flags (component -> trained).
+
+    Follows the order of its requires_grad calls: ``freeze_backbone`` freezes ``model.model`` (the LLM
+    body; lm_head keeps training); PEFT freezes every base weight; ``initialize_vision_modules``
+    makes the projector trainable and ``load_model`` freezes the tower; then LLaVA's
+    ``tune_mm_mlp_adapter`` (freeze all, projector on) and ``freeze_mm_mlp_adapter``; LLaVA-NeXT's
+    legacy branch adds ``unfreeze_mm_vision_tower``, and ``mm_tunable_parts`` freezes everything and
+    unfreezes the listed parts - where ``mm_language_model`` unfroze every non-vision parameter,
+    the whole LLM even with LoRA, until commit bfbba5a (`lora_fix`; LLaVA-VL/LLaVA-NeXT#508).
+    `image_newline`: the model has one (``unpad`` in mm_patch_merge_type).
+    """
+    lora = flags.lora_enable
+    state = {"vision_tower": False, "projector": True, "image_newline": True, "language_model": True,
+             "lm_head": True, "lora": False}
+    if flags.freeze_backbone:
+        state["language_model"] = False
+    if lora:
+        state.update(language_model=False, lm_head=False, lora=True)
+    if codebase == "llava" or flags.mm_tunable_parts is None:
+        if flags.tune_mm_mlp_adapter:
+            state = dict.fromkeys(state, False)
+            state["projector"] = True
+            state["lora"] = lora and codebase != "llava" and lora_fix
+        if flags.freeze_mm_mlp_adapter:
+            state["projector"] = False
+        if codebase != "llava":
+            state["vision_tower"] = flags.unfreeze_mm_vision_tower
+    else:
+        parts = flags.mm_tunable_parts
+        state = dict.fromkeys(state, False)
+        state["projector"] = "mm_mlp_adapter" in parts or "mm_vision_resampler" in parts
+        state["vision_tower"] = "mm_vision_tower" in parts
+        if "mm_language_model" in parts and not (lora and lora_fix):
+            state.update(language_model=True, lm_head=True, image_newline=True, lora=lora)
+        if lora and lora_fix:
+            state["lora"] = True
+    if not image_newline:
+        state.pop("image_newline")
+    return state

@@ -41,12 +41,24 @@ def save_hf_llava(directory: Path, **kwargs) -> Path:
 
 
 def _parts() -> tuple[dict, dict, dict]:
-    """(vision 5.x keys, projector keys linear_1/linear_2, LLM keys model.*/lm_head.*) as tensors."""
+    """(vision 5.x keys, projector keys linear_1/linear_2, LLM keys model.*/lm_head.*) as tensors.
+
+    transformers 5 names the modules model.vision_tower.* / model.language_model.* / lm_head.*, 4.x
+    vision_tower.vision_model.* / language_model.model.* / language_model.lm_head.*: both are read.
+    """
     model = tiny_llava()
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    vision = {k[len("model.vision_tower."):]: v for k, v in state.items() if k.startswith("model.vision_tower.")}
-    projector = {k[len("model.multi_modal_projector."):]: v for k, v in state.items() if k.startswith("model.multi_modal_projector.")}
-    llm = {k.replace("model.language_model.", "model.", 1): v for k, v in state.items() if k.startswith(("model.language_model.", "lm_head."))}
+    vision, projector, llm = {}, {}, {}
+    for key, value in state.items():
+        for prefix, part, replacement in (
+            ("model.vision_tower.", vision, ""), ("vision_tower.vision_model.", vision, ""),
+            ("model.multi_modal_projector.", projector, ""), ("multi_modal_projector.", projector, ""),
+            ("model.language_model.", llm, "model."), ("language_model.model.", llm, "model."),
+            ("lm_head.", llm, "lm_head."), ("language_model.lm_head.", llm, "lm_head."),
+        ):
+            if key.startswith(prefix):
+                part[replacement + key[len(prefix):]] = value
+                break
     return vision, projector, llm
 
 
@@ -131,9 +143,32 @@ def save_safetensors(path: Path, state: dict, metadata: dict | None = None) -> P
     return path
 
 
-def snapshot(root: Path) -> dict[str, tuple]:
-    """(sha256, size, mtime_ns, mode) of every regular file under root (links not followed)."""
+HASHED_WHOLE = 64 << 20  # larger (sparse, hostile) inputs: their first and last MiB and their extents
+
+
+def _digest(path: str, size: int) -> str | None:
     import hashlib
+
+    from llava_doctor.artifacts.holes import file_holes
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            if size <= HASHED_WHOLE:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            else:
+                digest.update(fh.read(1 << 20))
+                fh.seek(size - (1 << 20))
+                digest.update(fh.read(1 << 20))
+                digest.update(repr(file_holes(path)).encode())
+    except PermissionError:  # the permission-denied input: size/mtime/mode still compared
+        return None
+    return digest.hexdigest()
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """(sha256, size, mtime_ns, mode) of every regular file under root (links not followed, never a FIFO)."""
     import stat
 
     out = {}
@@ -142,11 +177,7 @@ def snapshot(root: Path) -> dict[str, tuple]:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
             if stat.S_ISREG(st.st_mode):
-                try:
-                    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-                except PermissionError:  # the permission-denied input: size/mtime/mode still compared
-                    digest = None
-                out[path] = (digest, st.st_size, st.st_mtime_ns, st.st_mode)
+                out[path] = (_digest(path, st.st_size), st.st_size, st.st_mtime_ns, st.st_mode)
             else:
                 out[path] = (None, None, None, st.st_mode)
     return out

@@ -40,14 +40,30 @@ def cpu_dist():
 
 
 def pytest_collection_modifyitems(config, items):
-    """`cuda` tests run only where a CUDA device exists (the device tool's GPU machine, never CI)."""
-    cuda_items = [item for item in items if "cuda" in item.keywords]
-    if not cuda_items:
-        return
+    """`cuda` tests run only where a CUDA device exists (the device tool's GPU machine, never CI); `transformers5`
+    tests only under transformers >= 5 (CI's second environment has LLaVA's pin, 4.37.2)."""
+    _skip_unless(items, "cuda", _cuda_available, "needs a CUDA GPU (run on the device machine)")
+    _skip_unless(items, "transformers5", _transformers_major_at_least(5), "needs transformers >= 5; skipped on older")
+
+
+def _skip_unless(items, marker: str, condition, reason: str) -> None:
+    """Skip the items carrying `marker` when `condition()` is false (evaluated only if some item carries it)."""
+    marked = [item for item in items if marker in item.keywords]
+    if marked and not condition():
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _cuda_available() -> bool:
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the device machine)")
-    for item in cuda_items:
-        item.add_marker(skip)
+    return torch.cuda.is_available()
+
+
+def _transformers_major_at_least(major: int):
+    def check() -> bool:
+        from importlib.metadata import version
+
+        return int(version("transformers").split(".")[0]) >= major
+
+    return check

@@ -1,8 +1,11 @@
 """A corpus of broken inputs: each gives exit 2 with one line, or a finding; never a traceback, never a write.
 
-Every input is checked three ways: the Python API (`llava_doctor.api.audit`, which may only raise
-InputError), the click CLI in-process, and (marked slow) the CLI in a fresh subprocess. The files
-are hashed (content, size, mtime, mode) before and after: nothing may change or appear.
+Every input is checked three ways: the Python API (`llava_doctor.api.audit`, which records an unreadable
+input in `Report.input_errors` and never raises for it), the click CLI in-process, and (marked slow) the
+CLI in a fresh subprocess. The files are hashed (content, size, mtime, mode) before and after: nothing
+may change or appear. The hostile classes at the end (FIFOs, devices, sockets, files of 64 GiB, zip
+bombs, endless pickles, configs declaring a million layers, sparse shards) run in a child process with
+enforced time and memory limits.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import numpy as np
 import pytest
 
 from _ckpt_builders import snapshot
-from llava_doctor.findings import InputError
+from llava_doctor.findings import Severity
 
 EXIT_INPUT_ERROR = "exit2"
 
@@ -250,13 +253,13 @@ def test_api_and_cli(name, tmp_path, monkeypatch):
     before = snapshot(tmp_path / "in")
     monkeypatch.chdir(tmp_path)
 
-    try:
-        report = audit([str(path)], deep=True)
-    except InputError as exc:
-        assert expected == EXIT_INPUT_ERROR, f"InputError but expected {expected}: {exc}"
-        assert "\n" not in str(exc) and str(exc)
+    report = audit([str(path)], deep=True)  # an unreadable path is an input error of the report, never an exception
+    if expected == EXIT_INPUT_ERROR:
+        assert [artifact for artifact, _ in report.input_errors] == [str(path)], (report.input_errors, report.codes())
+        assert all(message and "\n" not in message for _, message in report.input_errors)
+        assert report.exit_code(Severity.ERROR) == 2
     else:
-        assert expected != EXIT_INPUT_ERROR, f"expected exit 2, got {report.codes()}"
+        assert not report.input_errors, report.input_errors
         assert expected in report.codes(), report.codes()
         assert all("\n" not in f.message for f in report.findings)
 
@@ -300,3 +303,272 @@ def test_cli_subprocess(name, tmp_path):
         assert done.returncode == 1, (done.returncode, done.stderr)
         assert expected in [f["code"] for f in json.loads(done.stdout)["findings"]]
     _no_side_effects(tmp_path, before)
+
+
+# --------------------------------------------------------------------------- hostile inputs, in a bounded child
+#
+# Each class below once hung or ate gigabytes (a FIFO opened for reading blocks forever; /dev/zero never ends;
+# a deflate bomb or a 64 GiB sparse shard is cheap to make). The audit runs in a fresh process under a CPU and
+# address-space limit, with a wall-clock timeout; its peak RSS (os.wait4) must stay under MAX_RSS_MB.
+
+CHILD_TIMEOUT_S = 60
+MAX_RSS_MB = 1024
+CHILD_ADDRESS_SPACE = 8 << 30  # a safety net for the shared machine; RSS is what the test asserts
+OK = "ok"  # exit 0 or 1, no traceback: the input is readable and the point is that it stays bounded
+
+
+def _child_limits() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CPU, (CHILD_TIMEOUT_S + 10, CHILD_TIMEOUT_S + 10))
+    resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
+
+
+def run_bounded(args: list[str], *, cwd: Path, timeout: float = CHILD_TIMEOUT_S) -> dict:
+    """Run `args`; return rc, stdout, stderr, peak RSS (MB, of that child alone) and seconds; kill it at `timeout`."""
+    import tempfile
+    import threading
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("LLAVA_DOCTOR_DEBUG", None)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd, env=env,
+                                preexec_fn=_child_limits)
+        killed = threading.Event()
+        timer = threading.Timer(timeout, lambda: (killed.set(), proc.kill()))
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: tell Popen
+        out.seek(0)
+        err.seek(0)
+        return {"rc": proc.returncode, "stdout": out.read().decode(errors="replace"),
+                "stderr": err.read().decode(errors="replace"), "rss_mb": usage.ru_maxrss / 1024,
+                "seconds": time.monotonic() - started, "killed": killed.is_set()}
+
+
+def _symlink(target: str, link: Path) -> Path:
+    os.symlink(target, link)
+    return link
+
+
+def _socket(path: Path) -> Path:
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    here = os.getcwd()
+    os.chdir(path.parent)  # AF_UNIX paths are limited to ~107 bytes: bind relative to the folder
+    try:
+        sock.bind(path.name)
+    finally:
+        os.chdir(here)
+    _SOCKETS.append(sock)  # kept open (and bound) for the test's life
+    return path
+
+
+_SOCKETS: list = []
+
+
+def _sparse(path: Path, size: int, head: bytes = b"") -> Path:
+    with open(path, "wb") as fh:
+        fh.write(head)
+        fh.truncate(size)
+    return path
+
+
+def _weights_dir(d: Path, special: dict[str, Callable[[Path], Path]]) -> Path:
+    d.mkdir()
+    _valid_st(d / "model.safetensors")
+    for name, make in special.items():
+        make(d / name)
+    return d
+
+
+def _sharded_with_special_index(d: Path, make: Callable[[Path], Path]) -> Path:
+    d.mkdir()
+    _valid_st(d / "model-00001-of-00002.safetensors", ONE)
+    _valid_st(d / "model-00002-of-00002.safetensors", TWO)
+    make(d / "model.safetensors.index.json")
+    return d
+
+
+def _deepspeed_with_latest(d: Path, make: Callable[[Path], Path]) -> Path:
+    tag = d / "global_step1"
+    tag.mkdir(parents=True)
+    _torch_save(tag / "mp_rank_00_model_states.pt", {"module": {"w": _t(4, 4)}, "param_shapes": [{"w": (4, 4)}]})
+    make(d / "latest")
+    return d
+
+
+def _hf_config(**text) -> dict:
+    return {"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"],
+            "text_config": {"model_type": "llama", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 128,
+                            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, **text},
+            "vision_config": {"model_type": "clip_vision_model", "hidden_size": 64, "intermediate_size": 128,
+                              "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 32, "patch_size": 8}}
+
+
+def _with_config(d: Path, config: dict) -> Path:
+    d.mkdir()
+    _valid_st(d / "model.safetensors", {"language_model.model.embed_tokens.weight": np.ones((300, 64), np.float16)})
+    (d / "config.json").write_text(json.dumps(config))
+    return d
+
+
+def _original_with_tower(d: Path, tower: Callable[[Path], None], **flat) -> Path:
+    """An original-LLaVA checkpoint whose mm_vision_tower is a local folder made by `tower`."""
+    (d / "tower").mkdir(parents=True)
+    tower(d / "tower")
+    config = {"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava_llama", "hidden_size": 64,
+              "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "vocab_size": 300, "mm_vision_tower": str(d / "tower"), "mm_hidden_size": 64,
+              "mm_projector_type": "mlp2x_gelu", **flat}
+    ckpt = d / "ckpt"
+    ckpt.mkdir()
+    _valid_st(ckpt / "model.safetensors", {"model.embed_tokens.weight": np.ones((300, 64), np.float16),
+                                          "model.mm_projector.0.weight": np.ones((64, 64), np.float16)})
+    (ckpt / "config.json").write_text(json.dumps(config))
+    return ckpt
+
+
+def _tower_config(config: dict) -> Callable[[Path], None]:
+    return lambda folder: (folder / "config.json").write_text(json.dumps(config))
+
+
+def _zip_member(path: Path, name: str, data: bytes, method: int) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=method) as archive:
+        archive.writestr(name, data)
+    return path
+
+
+def _deflate_bomb(path: Path) -> Path:
+    """A torch-shaped zip whose data.pkl is 1 GiB of opcodes deflated to ~1 MB."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        with archive.open("archive/data.pkl", "w", force_zip64=True) as member:
+            block = b"N0" * (1 << 19)  # NONE, POP: a valid, endless opcode stream
+            for _ in range(1024):
+                member.write(block)
+    return path
+
+
+def _zip_claiming_members(path: Path, count: int) -> Path:
+    """A tiny zip whose end-of-central-directory record claims `count` members (zip64)."""
+    import struct
+
+    zip64_end = struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, 0, 0)
+    locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, 0, 1)
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    path.write_bytes(zip64_end + locator + end)
+    return path
+
+
+def _long_legacy_pickle(path: Path) -> Path:
+    """A non-zip torch-like file whose first pickle never ends within 20 MB of valid opcodes."""
+    path.write_bytes(b"\x80\x02" + b"N0" * (10 << 20))
+    return path
+
+
+def _sparse_shard(path: Path, gib: int = 64) -> Path:
+    """A safetensors file whose header declares `gib` GiB of F16 data that was never written (pre-allocated)."""
+    numel = (gib << 30) // 2
+    header = json.dumps({"lm_head.weight": {"dtype": "F16", "shape": [numel], "data_offsets": [0, numel * 2]}}).encode()
+    prefix = struct.pack("<Q", len(header)) + header
+    return _sparse(path, len(prefix) + numel * 2, prefix)
+
+
+# hostile class -> case -> (builder(tmp dir) -> input path, "exit2" / "ok" / the finding code). Each class is
+# audited in ONE bounded child process (all its inputs on one command line), so a class pays its imports once.
+HOSTILE: dict[str, dict[str, tuple[Callable[[Path], Path], str]]] = {
+    "non-regular files": {
+        "checkpoint-symlink-to-dev-zero": (lambda d: _symlink("/dev/zero", d / "model.safetensors"), EXIT_INPUT_ERROR),
+        "checkpoint-symlink-to-dev-urandom": (lambda d: _symlink("/dev/urandom", d / "pytorch_model.bin"), EXIT_INPUT_ERROR),
+        "checkpoint-socket": (lambda d: _socket(d / "model.safetensors"), EXIT_INPUT_ERROR),
+        "config-json-fifo": (lambda d: _weights_dir(d / "ck", {"config.json": lambda p: os.mkfifo(p) or p}), "LD206"),
+        "config-json-to-dev-zero": (lambda d: _weights_dir(d / "ck", {"config.json": lambda p: _symlink("/dev/zero", p)}),
+                                    "LD206"),
+        "config-json-beside-a-file-is-a-fifo": (
+            lambda d: _weights_dir(d / "ck", {"config.json": lambda p: os.mkfifo(p) or p}) / "model.safetensors", "LD206"),
+        "adapter-config-socket": (lambda d: _weights_dir(d / "ck", {"adapter_config.json": _socket}), "LD206"),
+        "index-fifo": (lambda d: _sharded_with_special_index(d / "ck", lambda p: os.mkfifo(p) or p), "LD206"),
+        "index-to-dev-urandom": (lambda d: _sharded_with_special_index(d / "ck", lambda p: _symlink("/dev/urandom", p)),
+                                 "LD206"),
+        "latest-fifo": (lambda d: _deepspeed_with_latest(d / "run", lambda p: os.mkfifo(p) or p), "LD206"),
+        "latest-to-dev-zero": (lambda d: _deepspeed_with_latest(d / "run", lambda p: _symlink("/dev/zero", p)), "LD206"),
+    },
+    "sizes, configs and the schema they build": {
+        "config-json-64GiB": (lambda d: _weights_dir(d / "ck", {"config.json": lambda p: _sparse(p, 64 << 30, b"{")}), "LD206"),
+        "index-64GiB": (lambda d: _sharded_with_special_index(d / "ck", lambda p: _sparse(p, 64 << 30, b"{")), "LD206"),
+        "latest-1GiB": (lambda d: _deepspeed_with_latest(d / "run", lambda p: _sparse(p, 1 << 30, b"global_step1")), "LD206"),
+        "tower-config-fifo": (lambda d: _original_with_tower(d, lambda f: os.mkfifo(f / "config.json")), OK),
+        "tower-config-to-dev-zero": (lambda d: _original_with_tower(d, lambda f: os.symlink("/dev/zero", f / "config.json")),
+                                     OK),
+        "tower-config-64GiB": (lambda d: _original_with_tower(d, lambda f: _sparse(f / "config.json", 64 << 30, b"{")), OK),
+        "tower-config-1e6-layers": (lambda d: _original_with_tower(d, _tower_config(
+            {"model_type": "clip_vision_model", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 10**6,
+             "num_attention_heads": 4, "image_size": 32, "patch_size": 8})), OK),
+        "flat-config-1e6-layers": (lambda d: _original_with_tower(d, _tower_config({}), num_hidden_layers=10**6), "LD203"),
+        "text-config-1e6-layers": (lambda d: _with_config(d / "ck", _hf_config(num_hidden_layers=10**6)), "LD203"),
+        "text-config-1e6-experts": (lambda d: _with_config(d / "ck", _hf_config(model_type="mixtral", num_local_experts=10**6)),
+                                    "LD203"),
+        "vision-config-1e6-layers": (lambda d: _with_config(d / "ck", {**_hf_config(), "vision_config": {
+            **_hf_config()["vision_config"], "num_hidden_layers": 10**6}}), "LD203"),
+    },
+    "torch archives and pickle streams": {
+        "zip-deflate-bomb": (lambda d: _deflate_bomb(d / "model.pt"), "LD206"),
+        "zip-stored-pickle-20MiB": (lambda d: _zip_member(d / "model.pt", "archive/data.pkl",
+                                                          b"\x80\x02" + b"N0" * (10 << 20), 0), "LD206"),
+        "zip-claiming-1e9-members": (lambda d: _zip_claiming_members(d / "model.pt", 10**9), "LD206"),
+        "legacy-pickle-stream-20MB": (lambda d: _long_legacy_pickle(d / "pytorch_model.bin"), "LD206"),
+    },
+    "sparse weights": {
+        "sparse-shard-64GiB": (lambda d: _sparse_shard(d / "model.safetensors"), "LD206"),
+    },
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hostile", sorted(HOSTILE))
+def test_hostile_inputs_are_bounded_in_time_and_memory(hostile, tmp_path):
+    cases = {}
+    for name, (builder, expected) in HOSTILE[hostile].items():
+        (tmp_path / "in" / name).mkdir(parents=True)
+        cases[name] = (str(builder(tmp_path / "in" / name)), expected)
+    before = snapshot(tmp_path / "in")
+    paths = [path for path, _ in cases.values()]
+    done = run_bounded([sys.executable, "-m", "llava_doctor", "audit", *paths, "--deep", "--format", "json"], cwd=tmp_path)
+    assert not done["killed"], f"{hostile}: still running after {CHILD_TIMEOUT_S} s"
+    assert done["rss_mb"] < MAX_RSS_MB, f"{hostile}: peak RSS {done['rss_mb']:.0f} MB"
+    assert "Traceback" not in done["stderr"], done["stderr"][-2000:]
+    report = json.loads(done["stdout"])
+    errors = {e["artifact"]: e["message"] for e in report.get("errors", [])}
+    codes: dict[str, set[str]] = {}
+    for finding in report["findings"]:
+        codes.setdefault(finding["artifact"], set()).add(finding["code"])
+    for name, (path, expected) in cases.items():
+        if expected == EXIT_INPUT_ERROR:
+            assert path in errors and "\n" not in errors[path], (name, errors)
+        else:
+            assert path not in errors, (name, errors.get(path))
+            assert expected == OK or expected in codes.get(path, ()), (name, codes.get(path))
+    assert done["rc"] == (2 if errors else done["rc"]) and done["rc"] in (0, 1, 2), done["rc"]
+    _no_side_effects(tmp_path, before)
+
+
+def test_one_unreadable_path_does_not_stop_the_others(tmp_path):
+    from llava_doctor.api import audit
+
+    good = _valid_st(tmp_path / "good.safetensors")
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    report = audit([tmp_path / "missing.safetensors", tmp_path / "pipe.safetensors", good])
+    assert report.artifacts == [str(good)]
+    assert [a for a, _ in report.input_errors] == [str(tmp_path / "missing.safetensors"), str(tmp_path / "pipe.safetensors")]
+    assert "not a regular file or directory (a FIFO)" in report.input_errors[1][1]
+    assert report.exit_code(Severity.ERROR) == 2

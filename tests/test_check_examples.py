@@ -6,8 +6,14 @@ import pytest
 from llava_doctor.registry import Context, all_checks
 
 CHECKS = all_checks()
-INVALID = [(code, ex) for code, check in CHECKS.items() for ex in check.invalid]
-VALID = [(code, ex) for code, check in CHECKS.items() for ex in check.valid]
+
+
+def _params(kind: str) -> list:
+    return [pytest.param(code, ex, id=f"{code}-{ex.name}") for code, check in CHECKS.items() for ex in getattr(check, kind)]
+
+
+INVALID = _params("invalid")
+VALID = _params("valid")
 
 
 def _run(code, example):
@@ -16,7 +22,7 @@ def _run(code, example):
     return [f for f in check.run(example.build(), context)]
 
 
-@pytest.mark.parametrize("code,example", INVALID, ids=[f"{c}-{e.name}" for c, e in INVALID])
+@pytest.mark.parametrize("code,example", INVALID)
 def test_invalid_example_fires(code, example):
     findings = _run(code, example)
     own = [f for f in findings if f.code == code]
@@ -29,7 +35,7 @@ def test_invalid_example_fires(code, example):
         assert f.message and "\n" not in f.message and f.fix and f.artifact
 
 
-@pytest.mark.parametrize("code,example", VALID, ids=[f"{c}-{e.name}" for c, e in VALID])
+@pytest.mark.parametrize("code,example", VALID)
 def test_valid_example_is_silent(code, example):
     findings = [f for f in _run(code, example) if f.code == code]
     assert not findings, [f.message for f in findings]

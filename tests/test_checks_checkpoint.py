@@ -13,7 +13,10 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from llava_doctor.artifacts.readers import open_checkpoint  # noqa: E402
+from llava_doctor.checks._live_examples import hf_part  # noqa: E402
+from llava_doctor.core import savers  # noqa: E402
 from llava_doctor.registry import Context, all_checks  # noqa: E402
+from tests._transformers import has, needs  # noqa: E402
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -46,9 +49,12 @@ def tiny_llava(family: str = "clip"):
 
 @pytest.fixture(scope="module")
 def llava_dir(tmp_path_factory) -> Path:
-    """A tiny CLIP+Llama Llava written by transformers 5 save_pretrained (5.x on-disk keys)."""
+    """A tiny CLIP+Llama Llava as transformers 5 save_pretrained writes it (5.x on-disk keys; written by 4.x, the
+    tower's `vision_model.` level, the only difference, is taken out)."""
     path = tmp_path_factory.mktemp("llava")
     tiny_llava().save_pretrained(path)
+    if savers.towers_have_vision_model_level():
+        rewrite(path, path, lambda t: {savers.hf_disk_key_to_5x(k): v for k, v in t.items()})
     return path
 
 
@@ -89,7 +95,8 @@ def test_ld201_zero3_unguarded_save_vs_gathered(tmp_path, cpu_dist):
     found = findings(broken, "LD201")
     assert sorted(f.extra["component"] for f in found) == ["language_model", "lm_head", "projector", "vision_tower"]
     tower = next(f for f in found if f.extra["component"] == "vision_tower")
-    assert tower.message.startswith("vision_tower: 39 of 39 tensors have shape [0] (e.g. model.vision_tower.")
+    first = min(k for k in model.state_dict() if "vision_tower." in k)  # as this transformers names it in memory
+    assert tower.message.startswith(f"vision_tower: 39 of 39 tensors have shape [0] (e.g. {first}, "), tower.message
     assert "stage3_gather_16bit_weights_on_model_save" in tower.fix and "zero_to_fp32" in tower.fix
     assert findings(fixed, "LD201") == []
     # LD203 does not double-report LD201's tensors; LD202 sees the components as present
@@ -97,8 +104,11 @@ def test_ld201_zero3_unguarded_save_vs_gathered(tmp_path, cpu_dist):
 
 
 def _train_one_step(engine):
-    ids = torch.tensor([[1] + [999] * 64 + [5, 6, 7, 8]])
-    out = engine(input_ids=ids, pixel_values=torch.randn(1, 3, 32, 32), labels=ids.clone())
+    from llava_doctor.core.builder import transformers_major
+
+    image_tokens = 64 if transformers_major() >= 5 else 1  # transformers 4.x expands one <image> token itself
+    ids = torch.tensor([[1] + [999] * image_tokens + [5, 6, 7, 8]])
+    out = engine(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=torch.randn(1, 3, 32, 32), labels=ids.clone())
     engine.backward(out.loss)
     engine.step()
 
@@ -108,7 +118,7 @@ def test_ld201_deepspeed_dir_with_and_without_consolidated_weights(tmp_path, cpu
     import deepspeed
 
     model = tiny_llava().train()
-    model.model.vision_tower.requires_grad_(False)
+    hf_part(model, "vision_tower").requires_grad_(False)
     config = {
         "train_micro_batch_size_per_gpu": 1,
         "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
@@ -149,15 +159,15 @@ def _xtuner_state(with_visual_encoder: bool) -> dict:
     """The keys XTuner's LLaVAModel.state_dict() keeps (notes/transformers_llava.md §3.2), written as 4.x named them."""
     model = tiny_llava()
     state: dict = {}
-    for key, value in model.model.language_model.state_dict().items():
+    for key, value in model.get_decoder().state_dict().items():
         state[f"llm.model.{key}"] = value
-    state["llm.lm_head.weight"] = model.lm_head.weight.detach()
+    state["llm.lm_head.weight"] = model.get_output_embeddings().weight.detach()
     for src, dst in (("linear_1", "0"), ("linear_2", "2")):
         for p in ("weight", "bias"):
-            state[f"projector.model.{dst}.{p}"] = getattr(model.model.multi_modal_projector, src).state_dict()[p]
+            state[f"projector.model.{dst}.{p}"] = getattr(hf_part(model, "multi_modal_projector"), src).state_dict()[p]
     if with_visual_encoder:
-        for key, value in model.model.vision_tower.state_dict().items():
-            state[f"visual_encoder.vision_model.{key}"] = value
+        for key, value in hf_part(model, "vision_tower").state_dict().items():
+            state["visual_encoder." + savers.with_vision_model_level(key)] = value
     return {"state_dict": {k: v.clone() for k, v in state.items()}, "meta": {"epoch": 1}}
 
 
@@ -175,16 +185,55 @@ def test_ld202_xtuner_pth_frozen_vit_vs_trained_vit(tmp_path):
 
 def test_ld202_original_llava_pretrain_projector(tmp_path):
     model = tiny_llava()
-    proj = model.model.multi_modal_projector
+    proj = hf_part(model, "multi_modal_projector")
     torch.save({"model.mm_projector.0.weight": proj.linear_1.weight.detach().clone(),
                 "model.mm_projector.0.bias": proj.linear_1.bias.detach().clone(),
                 "model.mm_projector.2.weight": proj.linear_2.weight.detach().clone(),
                 "model.mm_projector.2.bias": proj.linear_2.bias.detach().clone()}, tmp_path / "mm_projector.bin")
     (tmp_path / "config.json").write_text(json.dumps(_original_config(96)))
-    found = findings(tmp_path, "LD202")
-    assert len(found) == 1 and "--model-base" in found[0].message and str(found[0].severity) == "info"
-    found = findings(tmp_path, "LD202", stage="finetune")
-    assert len(found) == 1 and str(found[0].severity) == "error"
+    found = {f.extra["component"]: f for f in findings(tmp_path, "LD202")}
+    assert set(found) == {"language_model", "vision_tower"}, [f.message for f in found.values()]
+    assert "--model-base" in found["language_model"].message and str(found["language_model"].severity) == "info"
+    # the tower is not "normal": the finding says what LLaVA's loader does with it
+    assert "LLaVA delay-loads it" in found["vision_tower"].message and "downloaded from the hub" in found["vision_tower"].message
+    found = {f.extra["component"]: f for f in findings(tmp_path, "LD202", stage="finetune")}
+    assert str(found["language_model"].severity) == "error"
+
+
+# the 40-byte adapter of huggingface/trl#4416 and the few-hundred-byte files of huggingface/peft#286
+def _empty_adapter(directory, safe: bool):
+    from peft import LoraConfig, get_peft_model
+
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**TEXT, "num_hidden_layers": 1}))
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    peft_model.save_pretrained(directory, state_dict={}, safe_serialization=safe)  # what a ZeRO-3 filter leaves
+    return directory
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft x transformers 5
+@pytest.mark.parametrize("writer", ["save_file({})", "torch.save({})", "peft adapter.safetensors", "peft adapter.bin"])
+def test_ld202_weights_with_no_tensors_vs_a_saved_twin(writer, tmp_path, llava_dir):
+    pytest.importorskip("peft")
+    if writer == "save_file({})":
+        save_file({}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+        path, size = tmp_path / "model.safetensors", 40
+    elif writer == "torch.save({})":
+        torch.save({}, tmp_path / "pytorch_model.bin")
+        path, size = tmp_path / "pytorch_model.bin", None
+    else:
+        path = _empty_adapter(tmp_path / "adapter", safe=writer.endswith("safetensors"))
+        size = 40 if writer.endswith("safetensors") else None
+    from llava_doctor.api import audit
+
+    report = audit([path])
+    (found,) = report.by_code("LD202")
+    assert str(found.severity) == "error" and "holds no tensors" in found.message
+    if size is not None:
+        assert f"({size} bytes)" in found.message
+    if writer.startswith("peft"):
+        assert "Found missing adapter keys" in found.message and "untouched base model" in found.message
+    assert report.exit_code(found.severity) == 1
+    assert not audit([llava_dir]).by_code("LD202")  # a save that holds its tensors
 
 
 # ----------------------------------------------------------------------------- LD203
@@ -230,9 +279,9 @@ def _original_llava_dir(path: Path, mm_hidden: int) -> Path:
     """An original-LLaVA full fine-tune (LlavaLlamaForCausalLM keys, flat config); the tower is left to delay_load."""
     model = tiny_llava()
     path.mkdir()
-    state = {f"model.{k}": v for k, v in model.model.language_model.state_dict().items()}
-    state["lm_head.weight"] = model.lm_head.weight.detach()
-    proj = model.model.multi_modal_projector
+    state = {f"model.{k}": v for k, v in model.get_decoder().state_dict().items()}
+    state["lm_head.weight"] = model.get_output_embeddings().weight.detach()
+    proj = hf_part(model, "multi_modal_projector")
     state.update({"model.mm_projector.0.weight": proj.linear_1.weight, "model.mm_projector.0.bias": proj.linear_1.bias,
                   "model.mm_projector.2.weight": proj.linear_2.weight, "model.mm_projector.2.bias": proj.linear_2.bias})
     save_file({k: v.detach().clone() for k, v in state.items()}, path / "model.safetensors")
@@ -316,6 +365,58 @@ def test_ld205_zeroed_matrix_vs_freshly_initialised(llava_dir, tmp_path):
     assert findings(llava_dir, "LD205") == []
 
 
+def _zero_initialised(model) -> set[str]:
+    return {k for k, v in model.state_dict().items() if v.numel() and v.is_floating_point() and not v.any()}
+
+
+def _fresh_models():
+    """The LLaVA-family classes this transformers has, freshly initialised: CLIP / SigLIP (with its attention-pooling
+    head) x Llama / Qwen2."""
+    siglip = dict(VISION, vision_use_head=True)
+    qwen2 = {k: v for k, v in TEXT.items()}
+    pinpoints = dict(image_grid_pinpoints=[[32, 32]])
+    yield transformers.LlavaForConditionalGeneration(llava_config())
+    if has("LlavaNextConfig"):
+        yield transformers.LlavaNextForConditionalGeneration(transformers.LlavaNextConfig(
+            vision_config=transformers.CLIPVisionConfig(**VISION), text_config=transformers.LlamaConfig(**TEXT),
+            image_token_index=999, **pinpoints))
+    if has("LlavaOnevisionConfig"):
+        yield transformers.LlavaOnevisionForConditionalGeneration(transformers.LlavaOnevisionConfig(
+            vision_config=transformers.SiglipVisionConfig(**siglip), text_config=transformers.Qwen2Config(**qwen2),
+            image_token_index=999, **pinpoints))
+
+
+def test_ld205_zero_by_design_covers_every_tensor_the_classes_initialise_to_zero():
+    """The table is checked against the classes' own initialisation, not written from memory."""
+    from llava_doctor.schema import zero_by_design
+
+    for model in _fresh_models():
+        zeros = _zero_initialised(model)
+        state = model.state_dict()
+        assert zeros, type(model).__name__
+        uncovered = sorted(k for k in zeros if not zero_by_design(k, state[k].dim()))
+        assert not uncovered, (type(model).__name__, uncovered)
+        # and the table is not a blanket: no weight matrix of a fresh model is zero by design
+        assert not [k for k, v in state.items() if v.dim() >= 2 and zero_by_design(k, v.dim())]
+
+
+@needs("LlavaOnevisionConfig")
+def test_ld205_onevision_attention_pooling_head_vs_a_zeroed_weight(tmp_path):
+    """OneVision's SigLIP head: `in_proj_bias` is zero by initialisation (nn.MultiheadAttention); not a finding."""
+    model = list(_fresh_models())[-1]
+    model.save_pretrained(tmp_path / "ov")
+    keys = load_file(tmp_path / "ov" / "model.safetensors")
+    assert not keys["vision_tower.head.attention.in_proj_bias"].any()  # what the trial warned about
+    assert findings(tmp_path / "ov", "LD205") == []
+
+    def zero(t):
+        t["vision_tower.head.attention.in_proj_weight"].zero_()
+        return t
+
+    found = findings(rewrite(tmp_path / "ov", tmp_path / "zeroed", zero), "LD205")
+    assert len(found) == 1 and "vision_tower.head.attention.in_proj_weight" in found[0].message
+
+
 def test_deep_scan_runs_once_per_checkpoint(llava_dir):
     from llava_doctor.scan import SCAN_NOTE
 
@@ -351,7 +452,7 @@ def test_original_llava_with_a_local_tower_config(tmp_path):
     ckpt = _original_llava_dir(tmp_path / "ckpt", mm_hidden=96)
     tower = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**VISION)).state_dict()
     state = load_file(ckpt / "model.safetensors")
-    state.update({f"model.vision_tower.vision_tower.vision_model.{k}": v.clone() for k, v in tower.items()})
+    state.update({"model.vision_tower.vision_tower." + savers.with_vision_model_level(k): v.clone() for k, v in tower.items()})
     save_file(state, ckpt / "model.safetensors")
     config = json.loads((ckpt / "config.json").read_text())
     config.update(mm_vision_tower=str(tower_dir), unfreeze_mm_vision_tower=True)

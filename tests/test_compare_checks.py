@@ -72,13 +72,16 @@ def test_twin_audited_as_finetune_is_ld303_on_the_llm(scenario):
 
 
 @pytest.mark.slow
-def test_without_base_or_stage_nothing_is_compared(scenario):
+def test_without_base_nothing_is_compared_and_without_stage_nothing_is_judged(scenario):
     from llava_doctor.api import audit
 
     out = scenario(False).out_dir
-    for options in ({"stage": "pretrain"}, {"base": out / "base"}):
-        report = audit([out / "trained"], deep=True, select=("LD302", "LD303"), **options)
-        assert not report.findings
+    assert not audit([out / "trained"], deep=True, select=("LD302", "LD303"), stage="pretrain").findings
+    report = audit([out / "trained"], select=("LD302", "LD303"), base=out / "base")  # --base implies --deep
+    (finding,) = report.findings
+    assert finding.code == "LD302" and str(finding.severity) == "info" and "no --stage given" in finding.message
+    (stats,) = report.stats["comparisons"]
+    assert stats["components"]["language_model"]["compared"] == stats["components"]["language_model"]["tensors"] > 0
 
 
 # --------------------------------------------------------------------------- the comparison itself
@@ -139,16 +142,50 @@ def test_file_chunks_of_different_sizes_are_aligned(tmp_path):
         assert diff.differing == 1 and diff.max_abs_diff == pytest.approx(0.5, abs=2e-3)
 
 
-def test_shape_or_dtype_mismatch_is_skipped_not_compared(tmp_path):
+def test_shape_mismatch_is_skipped_and_a_dtype_cast_is_unchanged(tmp_path):
     weights = {"model.layers.0.mlp.up_proj.weight": np.ones((4, 4), np.float32),
                "model.norm.weight": np.ones(4, np.float32)}
     base = _write(tmp_path / "base", weights)
     trained = _write(tmp_path / "trained", {"model.layers.0.mlp.up_proj.weight": np.ones((4, 4), np.float16),
                                             "model.norm.weight": np.ones(5, np.float32)})
     result = compare_checkpoints(trained, base)
-    assert not result.tensors
-    assert result.skipped == {"model.layers.0.mlp.up_proj.weight": "dtype F16 vs base F32",
-                              "model.norm.weight": "shape [5] vs base [4]"}
+    assert result.skipped == {"model.norm.weight": "shape [5] vs base [4]"}
+    diff = result.tensors["model.layers.0.mlp.up_proj.weight"]
+    assert not diff.changed and diff.tolerance is not None
+    coverage = result.coverage()["language_model"]
+    assert (coverage.tensors, coverage.compared, coverage.not_comparable) == (2, 1, 1)
+
+
+def _cast_pair(tmp_path, base_dtype, trained_dtype, nudge: float = 0.0):
+    """An fp32 'master' tensor saved as the base in one dtype and as the trained copy in another (optionally moved)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from llava_doctor.artifacts.readers import open_checkpoint
+
+    master = torch.randn(64, 48, generator=torch.Generator().manual_seed(3)) * 0.02
+    for name, dtype, delta in (("base", base_dtype, 0.0), ("trained", trained_dtype, nudge)):
+        (tmp_path / name).mkdir(parents=True)
+        value = master.clone()
+        value[0, :8] += delta
+        save_file({"model.layers.0.mlp.up_proj.weight": value.to(dtype)}, str(tmp_path / name / "model.safetensors"))
+    return open_checkpoint(tmp_path / "trained"), open_checkpoint(tmp_path / "base")
+
+
+@pytest.mark.parametrize("base_dtype,trained_dtype", [
+    ("float16", "bfloat16"), ("float16", "float32"), ("float32", "bfloat16"), ("bfloat16", "float16"),
+])
+def test_a_copy_in_another_dtype_is_unchanged_and_a_real_change_is_not(tmp_path, base_dtype, trained_dtype):
+    """The common case: an fp16 base, a bf16 or fp32 fine-tune. Casting alone moves every value by up to half a
+    unit of the narrower format; that is "unchanged". A change bigger than that rounding is seen."""
+    import torch
+
+    trained, base = _cast_pair(tmp_path / "same", getattr(torch, base_dtype), getattr(torch, trained_dtype))
+    (diff,) = compare_checkpoints(trained, base).tensors.values()
+    assert not diff.changed and diff.tolerance is not None, diff
+    trained, base = _cast_pair(tmp_path / "moved", getattr(torch, base_dtype), getattr(torch, trained_dtype), 0.01)
+    (diff,) = compare_checkpoints(trained, base).tensors.values()
+    assert diff.changed and diff.differing == 8 and diff.max_abs_diff == pytest.approx(0.01, rel=0.05), diff
 
 
 def test_truncated_base_is_an_error_not_a_traceback(tmp_path):

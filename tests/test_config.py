@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from llava_doctor.config import Settings, load_settings
+from llava_doctor.config import Settings, known_values, load_settings
 from llava_doctor.findings import InputError, Severity
+from llava_doctor.registry import all_checks
 
 
 def _write(tmp_path, body: str):
@@ -50,3 +51,30 @@ def test_bad_settings_are_one_line_input_errors(tmp_path, body):
     with pytest.raises(InputError) as err:
         load_settings(_write(tmp_path, body))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("select = ['LD2', 'LD9999']", "select: unknown code or prefix 'LD9999'"),
+    ("stage = 'fine-tune'", "did you mean finetune?"),
+    ("template = 'llava-v1'", "did you mean llava_v1?"),
+    ("recipe = 'llava_next'", "did you mean llava-next?"),
+    ("format = 'junitxml'", "did you mean junit?"),
+    ("format = 3", "unknown format 3"),
+    ("severity = { LD2 = 'loud' }", "severity.LD2"),
+])
+def test_unknown_values_are_one_line_errors_naming_the_closest(tmp_path, body, expected):
+    with pytest.raises(InputError) as err:
+        load_settings(_write(tmp_path, f"[tool.llava-doctor]\n{body}\n"))
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_severity_prefixes_expand_to_codes_and_the_most_specific_wins(tmp_path):
+    s = load_settings(_write(tmp_path, "[tool.llava-doctor]\nseverity = { LD205 = 'error', LD2 = 'info', ALL = 'warning' }\n"))
+    assert s.severity["LD205"] == Severity.ERROR and s.severity["LD201"] == Severity.INFO
+    assert s.severity["LD101"] == Severity.WARNING and set(s.severity) == set(all_checks())
+
+
+def test_known_values_follow_what_is_installed():
+    assert known_values("stage") == ("pretrain", "finetune", "lora")
+    assert {"text", "json", "junit", "sarif", "github"} <= set(known_values("format"))
+    assert "v1" in known_values("template") and "llava-next" in known_values("recipe")

@@ -12,6 +12,7 @@ import torch
 
 from llava_doctor.core import data, images
 from llava_doctor.core.configs import LlavaLlamaConfig, prepare_vision_tower, tiny_config
+from llava_doctor.core.savers import CORE_TOWER, running_tower_key, towers_have_vision_model_level
 from llava_doctor.core.model import (
     LlavaLlamaForCausalLM,
     LlavaQwenForCausalLM,
@@ -21,7 +22,8 @@ from llava_doctor.core.model import (
 )
 from llava_doctor.core.projector import IdentityMap, build_projector
 from llava_doctor.core.stages import apply_stage, expected_trainable, trainable_summary
-from llava_doctor.core.tokenizer import ASSET_DIR, TOKENIZER_FILES, load_tokenizer, tokenizer_corpus, train_tokenizer
+from llava_doctor.core.tokenizer import (ASSET_DIR, TOKENIZER_FILES, load_tokenizer, portable_tokenizer_json,
+                                         tokenizer_corpus, train_tokenizer)
 from llava_doctor.layout import detect_layout
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,12 +75,14 @@ def test_llama_clip_state_dict_is_original_llava_layout(tower_root):
         "model.mm_projector.0.bias",
         "model.mm_projector.2.weight",
         "model.mm_projector.2.bias",
-        "model.vision_tower.vision_tower.embeddings.patch_embedding.weight",
-        "model.vision_tower.vision_tower.embeddings.class_embedding",
-        "model.vision_tower.vision_tower.encoder.layers.1.mlp.fc2.bias",
+        CORE_TOWER + running_tower_key("embeddings.patch_embedding.weight"),
+        CORE_TOWER + running_tower_key("embeddings.class_embedding"),
+        CORE_TOWER + running_tower_key("encoder.layers.1.mlp.fc2.bias"),
     ):
         assert key in keys, key
-    assert not any(k.startswith("model.vision_tower.vision_tower.vision_model.") for k in keys)  # transformers 5.x keys
+    tower = [k for k in keys if k.startswith(CORE_TOWER)]
+    # the running transformers' CLIP: 4.x (LLaVA's pin) keeps the `vision_model.` level, 5.x dropped it
+    assert tower and {k.startswith(CORE_TOWER + "vision_model.") for k in tower} == {towers_have_vision_model_level()}
     assert detect_layout(keys) == "llava-original"
     tower = model.get_vision_tower()
     assert tower.is_loaded and tower.hidden_size == model.config.mm_hidden_size == 64
@@ -91,7 +95,7 @@ def test_qwen2_siglip_layout_and_unpad_newline(tower_root):
     assert type(model) is LlavaQwenForCausalLM and model.config.model_type == "llava_qwen"
     assert "model.layers.0.self_attn.q_proj.bias" in keys  # Qwen2's attention biases
     assert "model.image_newline" in keys and model.model.image_newline.shape == (64,)
-    assert "model.vision_tower.vision_tower.embeddings.patch_embedding.bias" in keys
+    assert CORE_TOWER + running_tower_key("embeddings.patch_embedding.bias") in keys
     assert not any("class_embedding" in k for k in keys)  # SigLIP has no CLS token
     assert torch.isfinite(model.model.image_newline).all()
 
@@ -200,10 +204,10 @@ def test_save_and_from_pretrained_offline(tower_root, tmp_path):
 def test_delay_load_from_pretrained_discards_finetuned_tower(tower_root, tmp_path):
     """LLaVA's trap: with delay_load the checkpoint's (fine-tuned) tower is dropped, load_model() brings the base back."""
     model = tiny(tower_root)
-    key = "model.vision_tower.vision_tower.embeddings.patch_embedding.weight"
+    key = CORE_TOWER + running_tower_key("embeddings.patch_embedding.weight")
     base = model.state_dict()[key].clone()
     with torch.no_grad():
-        model.get_vision_tower().vision_tower.embeddings.patch_embedding.weight.add_(1.0)
+        model.state_dict()[key].add_(1.0)
     model.config.delay_load = True
     model.save_pretrained(str(tmp_path))
     reloaded, info = LlavaLlamaForCausalLM.from_pretrained(str(tmp_path), output_loading_info=True)
@@ -227,7 +231,7 @@ def test_bundled_tokenizer(tokenizer):
 def test_tokenizer_ships_from_fixtures_and_is_reproducible():
     assert ASSET_DIR.resolve() == (REPO / "fixtures" / "tokenizer").resolve()
     assert all((ASSET_DIR / name).is_file() for name in TOKENIZER_FILES)
-    retrained = json.loads(train_tokenizer(tokenizer_corpus()).to_str())
+    retrained = portable_tokenizer_json(json.loads(train_tokenizer(tokenizer_corpus()).to_str()))
     shipped = json.loads((ASSET_DIR / "tokenizer.json").read_text())
     assert retrained["model"]["vocab"] == shipped["model"]["vocab"] and retrained["model"]["merges"] == shipped["model"]["merges"]
 

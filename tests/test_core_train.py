@@ -3,10 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,6 +10,7 @@ import torch
 from llava_doctor.core.configs import prepare_vision_tower, tiny_config
 from llava_doctor.core.data import IGNORE_INDEX, ConversationDataset, build_samples
 from llava_doctor.core.model import build_model
+from llava_doctor.core.savers import CORE_TOWER, running_tower_key
 from llava_doctor.core.stages import apply_stage, trainable_summary
 from llava_doctor.core.tokenizer import load_tokenizer
 from llava_doctor.core.train import (
@@ -111,7 +108,7 @@ def test_deepspeed_zero2_world1(cpu_dist, config, dataset, tmp_path):
     assert (step_dir / "zero_pp_rank_0_mp_rank_00_optim_states.pt").is_file()
     states = torch.load(step_dir / "mp_rank_00_model_states.pt", weights_only=True)
     assert states["module"]["model.mm_projector.0.weight"].shape == (64, 64)  # stage 2 saves full tensors
-    assert "model.vision_tower.vision_tower.embeddings.patch_embedding.weight" in states["frozen_param_shapes"]
+    assert CORE_TOWER + running_tower_key("embeddings.patch_embedding.weight") in states["frozen_param_shapes"]
 
 
 def test_deepspeed_zero3_world1_partitions_and_saves_empty_module(cpu_dist, config, dataset, tmp_path):
@@ -132,26 +129,17 @@ def test_deepspeed_zero3_world1_partitions_and_saves_empty_module(cpu_dist, conf
     assert states["param_shapes"][0]["model.mm_projector.0.weight"] == (64, 64)
     full = torch.load(tmp_path / "hf16" / "pytorch_model.bin", weights_only=True)
     assert full["model.embed_tokens.weight"].shape == (config.vocab_size, 64)
-    assert full["model.vision_tower.vision_tower.embeddings.patch_embedding.weight"].shape == (64, 3, 8, 8)
+    assert full[CORE_TOWER + running_tower_key("embeddings.patch_embedding.weight")].shape == (64, 3, 8, 8)
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_deepspeed_zero3_world2_torchrun(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "llava_doctor.core.ds_train", "--stage", "3", "--out", str(tmp_path), "--steps", "2",
-    ]  # fmt: skip
-    # own process group, so a hang kills torchrun's workers too instead of orphaning them
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, stderr = process.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    assert process.returncode == 0, stderr[-3000:]
+    from _torchrun import run_torchrun
+
+    returncode, _, stderr = run_torchrun(
+        ["-m", "llava_doctor.core.ds_train", "--stage", "3", "--out", str(tmp_path), "--steps", "2"])
+    assert returncode == 0, stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in reports] == [0, 1] and all(r["world_size"] == 2 for r in reports)
     assert reports[0]["losses"] == reports[1]["losses"] and len(reports[0]["losses"]) == 2  # all-reduced mean

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
 
 from _ckpt_builders import (  # noqa: E402
     adapter_config,
@@ -21,6 +22,8 @@ from llava_doctor.artifacts.readers import open_checkpoint  # noqa: E402
 
 # tiny Llava: CLIP 2 layers = 39 tensors, projector 4, Llama 2 layers = 20 (incl. embed/norm), lm_head 1
 VISION, PROJECTOR, LLM, HEAD = 39, 4, 20, 1
+# save_pretrained writes the vision tower without `vision_model.` from transformers 5 on (4.x: with it)
+SAVED_LAYOUT = "hf-llava" if int(transformers.__version__.split(".")[0]) >= 5 else "hf-llava-4x"
 
 
 def counts(ckpt) -> dict[str, int]:
@@ -29,7 +32,7 @@ def counts(ckpt) -> dict[str, int]:
 
 def test_hf_llava_5x_save_pretrained(tmp_path):
     ckpt = open_checkpoint(save_hf_llava(tmp_path / "hf"))
-    assert (ckpt.format, ckpt.layout, ckpt.config_kind) == ("safetensors", "hf-llava", "hf-llava")
+    assert (ckpt.format, ckpt.layout, ckpt.config_kind) == ("safetensors", SAVED_LAYOUT, "hf-llava")
     assert counts(ckpt) == {"vision_tower": VISION, "projector": PROJECTOR, "language_model": LLM, "lm_head": HEAD}
     assert not ckpt.integrity and not ckpt.unsafe
     assert {f.kind for f in ckpt.files} >= {"config", "safetensors"}
@@ -38,7 +41,7 @@ def test_hf_llava_5x_save_pretrained(tmp_path):
 
 def test_hf_llava_sharded(tmp_path):
     ckpt = open_checkpoint(save_hf_llava(tmp_path / "hf", max_shard_size="100KB"))
-    assert (ckpt.format, ckpt.layout) == ("safetensors-sharded", "hf-llava")
+    assert (ckpt.format, ckpt.layout) == ("safetensors-sharded", SAVED_LAYOUT)
     assert counts(ckpt)["vision_tower"] == VISION and not ckpt.integrity
     assert len({t.file for t in ckpt.tensors.values()}) > 1
 
@@ -116,6 +119,8 @@ def test_xtuner_pth_nested_under_state_dict(tmp_path, with_visual_encoder):
 
 
 def test_hf_llava_next_with_image_newline(tmp_path):
+    if not hasattr(transformers, "LlavaNextConfig"):
+        pytest.skip(f"transformers {transformers.__version__} has no LlavaNext (4.39+)")
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
 
     config = LlavaNextConfig(

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +16,7 @@ from click.testing import CliRunner
 from llava_doctor.api import check_logs
 from llava_doctor.artifacts.training_log import parse_training_log, read_training_log
 from llava_doctor.cli import main
-from llava_doctor.findings import InputError
+from llava_doctor.findings import InputError, Severity
 from llava_doctor.monitor import LossMonitor, LossMonitorError
 
 NAN_STATE = """{"global_step": 40, "log_history": [
@@ -58,6 +60,11 @@ def codes_of(path, **options) -> list[str]:
     return check_logs([path], **options).codes()
 
 
+def errors_of(path, **options) -> list[str]:
+    """Codes at warning or above (the info lines say what could not be checked)."""
+    return [f.code for f in check_logs([path], **options).at_or_above(Severity.WARNING)]
+
+
 # --------------------------------------------------------------------------- readers
 
 
@@ -95,7 +102,7 @@ def test_jsonl_with_llamafactory_keys(tmp_path):
     assert log.source == "jsonl"
     assert [(s.step, s.loss, s.learning_rate, s.line) for s in log.steps] == [(5, 0.0, 1e-5, 1), (10, 0.0, 1e-5, 2),
                                                                                (15, 0.0, 1e-5, 3)]
-    assert codes_of(path) == ["LD401"]
+    assert errors_of(path) == ["LD401"]
 
 
 def test_json_list_of_entries_and_a_single_entry():
@@ -169,7 +176,8 @@ def test_ld401_fires_on_the_loss_collapse_scenario(collapse):
 @pytest.mark.slow
 def test_the_fixed_twin_is_silent(collapse):
     report = check_logs([collapse[True]])  # the run directory
-    assert report.findings == []
+    assert report.at_or_above(Severity.WARNING) == []
+    assert [f.code for f in report.findings] == ["LD403", "LD405"]  # info: no label counts, no config.json there
     assert report.stats["logs"][0]["train_steps"] == 4
 
 
@@ -193,7 +201,11 @@ def test_healthy_log_is_silent(tmp_path):
     path = tmp_path / "trainer_state.json"
     path.write_text(json.dumps(HEALTHY_STATE))
     result = run_cli(path)
-    assert result.exit_code == 0 and "LD40" not in result.output
+    assert result.exit_code == 0 and "error" not in result.output.lower().replace("0 error(s)", "")
+    # what it could not check it says: no label counts in a plain HF log, no config.json for the vocabulary
+    report = check_logs([path])
+    assert [(f.code, f.severity) for f in report.findings] == [("LD403", Severity.INFO), ("LD405", Severity.INFO)]
+    assert "not checked" in report.findings[0].message and "not judged" in report.findings[1].message
 
 
 def test_text_log_findings(tmp_path):
@@ -216,7 +228,7 @@ def test_cli_json_has_step_fields_and_min_run(tmp_path):
     assert run_cli(path).exit_code == 0  # two zeros: below the default run of 3
     result = run_cli(path, "--min-run", "2", "--format", "json")
     assert result.exit_code == 1
-    (finding,) = json.loads(result.output)["findings"]
+    (finding,) = [f for f in json.loads(result.output)["findings"] if f["severity"] != "info"]
     assert finding["code"] == "LD401" and finding["location"] == "step 20"
     assert finding["first_step"] == 20 and finding["last_step"] == 30 and finding["logged_steps"] == 2
     assert run_cli(path, "--min-run", "2", "--ignore", "LD401").exit_code == 0
@@ -227,9 +239,10 @@ def test_logs_is_listed_in_help():
     assert "logs" in CliRunner().invoke(main, ["--help"]).output
 
 
-# --------------------------------------------------------------------------- live hook
+# --------------------------------------------------------------------------- the deprecated LossMonitor (now LlavaDoctorCallback)
 
 
+@pytest.mark.filterwarnings("ignore:llava_doctor.monitor.LossMonitor is deprecated:DeprecationWarning")
 def test_monitor_raises_at_the_step_the_collapse_completes():
     monitor = LossMonitor(min_run=3)
     losses = [2.1, 1.9, 0.0, 0.0, 0.0, 0.0]
@@ -241,6 +254,7 @@ def test_monitor_raises_at_the_step_the_collapse_completes():
     assert "from step 30 after loss 1.9 at step 20 (grad_norm 0.0)" in str(info.value)
 
 
+@pytest.mark.filterwarnings("ignore:llava_doctor.monitor.LossMonitor is deprecated:DeprecationWarning")
 def test_monitor_warns_once_and_ignores_a_recovered_overflow():
     monitor = LossMonitor(on_problem="warn")
     rows = [(2.3, 1.0), (2.2, math.inf), (2.1, 1.1), (0.0, math.nan), (0.0, math.nan)]
@@ -252,13 +266,14 @@ def test_monitor_warns_once_and_ignores_a_recovered_overflow():
     assert [f.code for f in monitor.findings] == ["LD402"] and len(monitor.log.steps) == 5
 
 
+@pytest.mark.filterwarnings("ignore:llava_doctor.monitor.LossMonitor is deprecated:DeprecationWarning")
 @pytest.mark.slow  # importing transformers' trainer_callback pulls in torch (~10 s on a cold, shared CPU)
 def test_monitor_as_trainer_callback():
     pytest.importorskip("transformers")
     from transformers.trainer_callback import CallbackHandler, TrainerControl, TrainerState
 
     monitor = LossMonitor()
-    handler = CallbackHandler([monitor], model=None, processing_class=None, optimizer=None, lr_scheduler=None)
+    handler = CallbackHandler([monitor], None, None, None, None)  # model, processing_class (4.x: tokenizer), optimizer, lr_scheduler
     state, control = TrainerState(), TrainerControl()
     args = SimpleNamespace()
     handler.on_train_begin(args, state, control)  # events other than on_log are no-ops
@@ -271,3 +286,196 @@ def test_monitor_as_trainer_callback():
     assert state.global_step == 3
     handler.on_log(args, state, control, logs={"eval_loss": 1.0})  # eval logs are not train steps
     assert len(monitor.steps) == 3
+
+
+# --------------------------------------------------------------------------- a log cut short (LD406), hostile inputs
+
+
+@pytest.fixture(scope="module")
+def core_state(tmp_path_factory) -> bytes:
+    """A trainer_state.json as the bundled core's training writes it (HF's layout: indent 2, log_history mid-file)."""
+    pytest.importorskip("torch")
+    from llava_doctor.core.train import TrainConfig, TrainResult, write_trainer_state
+
+    history = [{"epoch": i / 10, "grad_norm": 2.0 - i / 10, "learning_rate": 2e-5, "loss": 3.0 - i / 5, "step": 10 * i}
+               for i in range(1, 9)]
+    result = TrainResult(log_history=history + [{"epoch": 0.8, "step": 80, "train_loss": 2.3}], global_step=80, epoch=0.8)
+    path = write_trainer_state(tmp_path_factory.mktemp("state") / "trainer_state.json", result, TrainConfig(steps=80))
+    return path.read_bytes()
+
+
+def test_complete_core_state_reads_whole(core_state):
+    log = parse_training_log(core_state.decode())
+    assert log.source == "trainer_state" and len(log.steps) == 8 and log.cuts == () and log.summary == {"train_loss": 2.3}
+
+
+@pytest.mark.parametrize("where", ["inside the 5th entry", "after an entry's brace", "after log_history"])
+def test_truncated_trainer_state_is_a_finding_not_a_clean_log(tmp_path, core_state, where):
+    text = core_state.decode()
+    entries = [m.start() for m in re.finditer(r'\{\s*"epoch"', text)]
+    cut = {"inside the 5th entry": entries[4] + 40, "after an entry's brace": text.index("}", entries[2]) + 1,
+           "after log_history": text.index('"logging_steps"') + 10}[where]
+    path = tmp_path / "trainer_state.json"
+    path.write_bytes(core_state[:cut])
+    report = check_logs([path])
+    (finding,) = report.by_code("LD406")
+    read = {"inside the 5th entry": ") inside log_history: read only 4 log_history entries (steps 10..40)",
+            "after an entry's brace": ") inside log_history: read only 3 log_history entries (steps 10..30)",
+            "after log_history": "): read only 9 log_history entries (steps 10..80)"}[where]
+    assert finding.severity == Severity.ERROR and read in finding.message
+    assert f"log cut off at the end of the file (byte {cut:,}, line " in finding.message
+    assert run_cli(path).exit_code == 1
+
+
+def test_corrupt_trainer_state_says_where(tmp_path, core_state):
+    path = tmp_path / "trainer_state.json"
+    path.write_bytes(core_state.replace(b'"loss": 2.2', b'"loss": 2.2x', 1))
+    (finding,) = check_logs([path]).by_code("LD406")
+    assert finding.message.startswith("log stops being valid JSON at line ")
+    assert "inside log_history: read only 3 log_history entries (steps 10..30) before it" in finding.message
+
+
+def test_state_cut_before_any_entry_is_unreadable(tmp_path, core_state):
+    path = tmp_path / "trainer_state.json"
+    path.write_bytes(core_state[: core_state.index(b'"log_history"') + 10])
+    result = run_cli(path)
+    assert result.exit_code == 2 and "cut off at the end of the file" in result.output
+    assert result.output.count("\n") == 1
+
+
+def run_logs_process(path, *, timeout=60, memory_bytes=None):
+    """`llava-doctor logs PATH` in a child process (optionally under an address-space limit); its peak RSS."""
+    import resource
+
+    def limit():
+        if memory_bytes:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    proc = subprocess.run([sys.executable, "-m", "llava_doctor", "logs", str(path)], capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=limit)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return proc, (peak_kib if peak_kib > before else None)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "char device via symlink", "fifo as a run dir's trainer_state.json"])
+def test_special_files_are_refused_without_hanging(tmp_path, kind):
+    import os
+
+    if kind == "fifo":
+        path = tmp_path / "train.log"
+        os.mkfifo(path)
+    elif kind == "char device via symlink":
+        path = tmp_path / "train.log"
+        path.symlink_to("/dev/zero")
+    else:
+        os.mkfifo(tmp_path / "trainer_state.json")
+        path = tmp_path
+    proc, _ = run_logs_process(path, timeout=60)  # a blocking open of a FIFO would hang here
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("llava-doctor: error: ") and proc.stderr.count("\n") == 1
+    assert ("a FIFO" if "fifo" in kind else "a character device") in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_2gb_log_is_streamed_in_bounded_memory(tmp_path):
+    """2 GiB of log (a sparse hole: NUL bytes, no newline) between real log lines, read under a 1 GiB
+    address-space limit: lines are streamed and an over-long line is cut, never held whole."""
+    path = tmp_path / "train.log"
+    size = 2 * 1024**3
+    with open(path, "wb") as fh:
+        fh.write(b"{'loss': 2.31, 'grad_norm': 1.2, 'learning_rate': 2e-05, 'epoch': 0.01}\n")
+        fh.seek(size)
+        fh.write(b"\n" + b"{'loss': 0.0, 'grad_norm': 0.0, 'learning_rate': 2e-05, 'epoch': 0.02}\n" * 3)
+    proc, peak_kib = run_logs_process(path, timeout=240, memory_bytes=1024**3)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "LD401" in proc.stdout and "loss is exactly 0.0 for 3 logged steps from line 3" in proc.stdout
+    assert "LD406" in proc.stdout and "lines longer than the reader's limit from line 2" in proc.stdout
+    assert peak_kib is None or peak_kib < 400 * 1024  # KiB: well under the file's size
+
+
+def test_one_unreadable_log_among_several(tmp_path):
+    good = tmp_path / "trainer_state.json"
+    good.write_text(json.dumps({"log_history": [{"loss": 0.0, "grad_norm": 0.0, "step": s} for s in (1, 2, 3)]}))
+    missing = tmp_path / "nope.json"
+    report = check_logs([missing, good])
+    assert report.input_errors == [(str(missing), f"{missing}: no such file or directory")]
+    assert "LD401" in report.codes()
+    result = run_cli(missing, good)
+    assert result.exit_code == 2 and "LD401" in result.output and "nope.json" in result.output
+
+
+# --------------------------------------------------------------------------- LLaVA's tokenization-mismatch prints (LD101)
+
+
+LLAVA_LOG = """\
+[2024-05-12 10:00:01,234] [INFO] [real_accelerator.py:161:get_accelerator] Setting ds_accelerator to cuda (auto detect)
+WARNING: tokenization mismatch: 102 vs. 104. (ignored)
+WARNING: tokenization mismatch: 87 vs. 89. (ignored)WARNING: tokenization mismatch: 55 vs. 57. (ignored)
+{'loss': 1.9166, 'learning_rate': 2e-05, 'epoch': 0.0}
+WARNING: tokenization mismatch: 230 vs. 233.(#turns=3 ignored)
+warning: tokenization mismatch: 12 vs. 14. (ignored)
+WARNING: tokenization mismatch: 77 vs. 80. #turn = 2. (ignored)
+"""
+
+
+def test_llava_tokenization_mismatch_prints_are_counted(tmp_path):
+    path = tmp_path / "train.log"
+    path.write_text(LLAVA_LOG)
+    log = read_training_log(path)
+    assert log.tokenization_mismatches.count == 6  # two prints on one line (interleaved ranks/workers) count twice
+    assert log.tokenization_mismatches.examples[0] == (102, 104, None, 2)
+    (finding,) = check_logs([path]).by_code("LD101")
+    assert finding.message.startswith("6 samples dropped: LLaVA printed `WARNING: tokenization mismatch` 6 times "
+                                      "(lines 2..7, e.g. 102 vs. 104, 87 vs. 89, 55 vs. 57)")
+    assert finding.severity == Severity.ERROR and finding.extra["samples_dropped"] == 6
+
+
+def test_a_log_of_only_mismatch_prints_is_still_checked(tmp_path):
+    path = tmp_path / "train.log"
+    path.write_text("WARNING: tokenization mismatch: 102 vs. 104. (ignored)\n" * 5)
+    assert errors_of(path) == ["LD101"]
+
+
+# --------------------------------------------------------------------------- the first loss with config.json beside (LD405)
+
+
+def state_with_config(tmp_path, first_loss: float, config: dict | None) -> Path:
+    history = [{"loss": first_loss, "grad_norm": 3.0, "step": 1}, {"loss": first_loss * 0.9, "grad_norm": 2.0, "step": 10}]
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    if config is not None:
+        (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path / "trainer_state.json"
+
+
+def test_first_loss_at_ln_v_for_a_model_loaded_from_pretrained(tmp_path):
+    """transformers 4.x writes _name_or_path: this run loaded vicuna and still started at ln(32000)."""
+    config = {"model_type": "llava", "vocab_size": 32000, "hidden_size": 4096, "initializer_range": 0.02,
+              "_name_or_path": "lmsys/vicuna-7b-v1.5"}
+    (finding,) = check_logs([state_with_config(tmp_path, 10.3388, config)]).by_code("LD405")
+    assert finding.severity == Severity.ERROR and "is 100% of ln(32000) = 10.37" in finding.message
+    assert "config.json beside the log" in finding.message
+
+
+def test_first_loss_judged_with_an_hf_llava_config_and_silent_when_plausible(tmp_path):
+    config = {"model_type": "llava", "text_config": {"vocab_size": 32064, "hidden_size": 4096}}
+    assert check_logs([state_with_config(tmp_path, 1.93, config)]).by_code("LD405") == []
+    (finding,) = check_logs([state_with_config(tmp_path, 61.0, config)]).by_code("LD405")
+    assert "is above 13.49 (ln(32064) = 10.38 plus 3.11 nats)" in finding.message
+
+
+def test_first_loss_without_config_says_it_was_not_judged(tmp_path):
+    (note,) = check_logs([state_with_config(tmp_path, 61.0, None)]).by_code("LD405")
+    assert note.severity == Severity.INFO
+    assert note.message == ("first logged loss 61 at step 1 not judged: no config.json beside the log gives the "
+                            "vocabulary size")
+
+
+def test_a_fifo_in_place_of_config_json_is_named_not_read(tmp_path):
+    import os
+
+    state = state_with_config(tmp_path, 2.3, None)
+    os.mkfifo(tmp_path / "config.json")
+    proc, _ = run_logs_process(state, timeout=60)  # opening the FIFO for reading would block
+    assert proc.returncode == 0, proc.stderr
+    assert "not judged: config.json beside the log is unreadable" in proc.stdout and "a FIFO" in proc.stdout

@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 
 from llava_doctor import registry
-from llava_doctor.docs import render_markdown
-from llava_doctor.registry import Check, RegistryError, all_checks, matches, validate
+from llava_doctor.docs import check_text, render_markdown
+from llava_doctor.findings import InputError
+from llava_doctor.registry import (
+    Check, RegistryError, all_checks, check_patterns, code_ranges, matches, select_checks, selection_gaps, validate,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,3 +90,39 @@ def test_docs_are_generated_from_the_checks():
     assert committed == render_markdown(), "docs/checks.md is stale: run `python -m llava_doctor.docs > docs/checks.md`"
     for code in all_checks():
         assert f"## {code}" in committed
+
+
+def test_patterns_are_normalised_and_unknown_ones_refused_with_the_closest_code():
+    assert check_patterns([" ld2 ", "ALL", "LD201", ""]) == ("LD2", "ALL", "LD201")
+    with pytest.raises(InputError, match=r"--select: unknown code or prefix 'LD2011' \(did you mean LD201\?\)"):
+        check_patterns(["LD2011"], where="--select")
+    with pytest.raises(InputError, match="known: ALL, LD101-"):
+        check_patterns(["E501"])
+
+
+def test_the_api_refuses_unknown_codes_too():
+    with pytest.raises(InputError, match="select: unknown code"):
+        select_checks("Checkpoint", select=["LD2x"])
+    with pytest.raises(InputError, match="ignore: unknown code"):
+        select_checks("Checkpoint", ignore=["LD999"])
+
+
+def test_selection_gaps_name_the_kinds_left_without_a_check():
+    assert selection_gaps(["Checkpoint", "Dataset"]) == {}
+    gaps = selection_gaps(["Checkpoint", "Dataset"], select=["LD1"])
+    assert list(gaps) == ["Checkpoint"] and gaps["Checkpoint"].startswith("its checks are LD201-")
+    assert selection_gaps(["Checkpoint"], select=["LD204", "LD205"]) == {"Checkpoint": "LD204-LD205 read tensor data: add --deep"}
+    assert selection_gaps(["Checkpoint"], select=["LD204"], deep=True) == {}
+    assert selection_gaps(["Checkpoint"], ignore=["LD2", "LD3"])["Checkpoint"].startswith("its checks are")
+
+
+def test_code_ranges_compress_consecutive_codes():
+    assert code_ranges(["LD203", "LD201", "LD202", "LD205", "XY001", "XY002"]) == "LD201-LD203, LD205, XY001-XY002"
+
+
+def test_the_catalogue_documents_built_ins_and_explain_renders_any_check():
+    markdown = render_markdown()
+    assert "XY001" not in markdown
+    text = check_text(_Plugin)
+    assert text.startswith("XY001: a third-party check") and "proves plugin discovery" in text and "Fix:" in text
+    assert "Reference:" not in text  # no documentation file of ours describes a plugin

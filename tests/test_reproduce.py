@@ -240,7 +240,8 @@ def test_tokenization_mismatch_ld101(build):
         if fixed:
             assert findings == []
         else:
-            assert len(findings) == build("tokenization-mismatch", False).facts["dropped_samples"]
+            # one finding per cause, counting its samples
+            assert sum(f.extra.get("count", 1) for f in findings) == build("tokenization-mismatch", False).facts["dropped_samples"]
             assert any("tokenization mismatch" in f.message for f in findings)
 
 
@@ -348,39 +349,34 @@ def _dtypes(path: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_delay_load_eager_tower_ends_up_random(build):
-    from safetensors.torch import load_file
-
     result = build("delay-load", False)
     facts = result.facts
-    checkpoint = load_file(str(result.out_dir / "checkpoint" / "model.safetensors"))
-    assert not any("vision_tower" in k for k in checkpoint)
+    assert facts["files_in_checkpoint"] == ["config.json", "mm_projector.bin"]  # the pretrain stage's output
     config = json.loads((result.out_dir / "checkpoint" / "config.json").read_text())
-    assert config["delay_load"] is False and Path(config["mm_vision_tower"]).is_dir()
+    assert "delay_load" not in config and config["mm_tunable_parts"] == "mm_mlp_adapter"
+    assert Path(config["mm_vision_tower"]).is_dir()
     assert facts["tower_keys_newly_initialized"] > 0 and facts["tower_loaded_by_from_pretrained"] is True
     assert facts["tower_equals_base"] is False
-    loaded = load_file(str(result.out_dir / "loaded" / "model.safetensors"))
-    base = load_file(str(Path(config["mm_vision_tower"]) / "model.safetensors"))
-    key = "embeddings.patch_embedding.weight"
-    assert not loaded[TOWER + "vision_model." + key].equal(base[key])
-    assert facts["answers"] != facts["healthy_answers"]
     assert facts["correct_answers"] < facts["correct_healthy_answers"]  # the answers stop following the picture
-    assert json.loads((result.out_dir / "generation.json").read_text())["generated_ids"] == facts["answer_ids"][0]
+    assert facts["distinct_answers"] < facts["distinct_healthy_answers"]
 
 
 @pytest.mark.slow
 def test_delay_load_fixed_loads_the_base_tower(build):
-    from safetensors.torch import load_file
-
     result = build("delay-load", True)
     facts = result.facts
     assert facts["delay_load"] is True and facts["tower_loaded_by_from_pretrained"] is False
-    assert facts["tower_equals_base"] is True
+    assert facts["tower_equals_base"] is True and facts["tower_keys_newly_initialized"] == 0
     assert facts["answers"] == facts["healthy_answers"]
     assert facts["correct_answers"] * 2 >= len(facts["answers"])  # the healthy core names most pictures right
-    config = json.loads((result.out_dir / "checkpoint" / "config.json").read_text())
-    loaded = load_file(str(result.out_dir / "loaded" / "model.safetensors"))
-    base = load_file(str(Path(config["mm_vision_tower"]) / "model.safetensors"))
-    assert all(loaded[TOWER + "vision_model." + k].equal(v) for k, v in base.items())
+
+
+@pytest.mark.slow
+def test_delay_load_audit_on_the_checkpoint_users_have(build):
+    """audit reads the projector-only checkpoint alone: the eager tower of its config is the trap (LD304)."""
+    for fixed in (False, True):
+        messages = audit_codes(build("delay-load", fixed).out_dir / "checkpoint", "LD304")
+        assert bool(messages) is (not fixed), messages
 
 
 def test_refuses_a_directory_holding_another_scenario(build, tmp_path):

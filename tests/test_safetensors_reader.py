@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from llava_doctor.artifacts.readers import open_checkpoint
 from llava_doctor.artifacts.safetensors_format import (
@@ -153,3 +154,13 @@ def test_reading_is_read_only(tmp_path):
         assert set(ckpt.tensors) == {"lm_head.weight"}
     finally:
         tmp_path.chmod(0o755)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+
+    from llava_doctor.findings import InputError
+
+    os.mkfifo(tmp_path / "model.safetensors")  # open() for reading would wait for a writer forever
+    with pytest.raises(InputError, match="not a regular safetensors file"):
+        read_header(tmp_path / "model.safetensors")

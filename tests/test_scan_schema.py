@@ -137,3 +137,62 @@ def test_file_ending_inside_the_last_element(tmp_path):
     data = (tmp_path / "m.safetensors").read_bytes()
     (tmp_path / "m.safetensors").write_bytes(data[:-2])  # half of the last float32
     assert "w" in scan_checkpoint(ckpt).errors
+
+
+@pytest.mark.parametrize("config,problem", [
+    ({"text_config": {"num_hidden_layers": 10**6}}, "text_config.num_hidden_layers=1000000"),
+    ({"vision_config": {"num_hidden_layers": 10**6}}, "vision_config.num_hidden_layers=1000000"),
+    ({"text_config": {"model_type": "mixtral", "num_local_experts": 10**6}}, "text_config.num_local_experts=1000000"),
+    ({"text_config": {"num_hidden_layers": 512, "n_routed_experts": 512}}, "512 layers x 512 experts"),
+    ({"text_config": {"rope_scaling": {"original_max_position_embeddings": 10**9}}}, "original_max_position_embeddings"),
+    ({"num_hidden_layers": 10**6, "mm_vision_tower": "x"}, "num_hidden_layers=1000000"),
+])
+def test_config_guard_bounds_what_the_build_depends_on_at_any_depth(config, problem):
+    assert any(problem in p for p in config_problems(config, None)), config_problems(config, None)
+
+
+def test_a_sane_config_has_no_problems():
+    config = {"model_type": "llava", "vision_feature_layer": -2, "tie_word_embeddings": False,
+              "text_config": {"num_hidden_layers": 32, "hidden_size": 4096, "max_position_embeddings": 131072,
+                              "num_local_experts": 8, "num_experts_per_tok": 2, "rope_scaling": {"factor": 8.0},
+                              "max_window_layers": 28, "layer_norm_eps": 1e-5},
+              "vision_config": {"num_hidden_layers": 24, "hidden_size": 1024, "image_size": 336, "patch_size": 14}}
+    assert config_problems(config, "hf-llava") == []
+
+
+def test_a_tower_config_declaring_a_million_layers_is_not_built(tmp_path):
+    """Original LLaVA reaches the tower's own config.json through mm_vision_tower: it is bounded too."""
+    tower = tmp_path / "tower"
+    tower.mkdir()
+    (tower / "config.json").write_text(json.dumps({"model_type": "clip_vision_model", "hidden_size": 64,
+                                                   "num_hidden_layers": 10**6, "num_attention_heads": 4}))
+    config = {"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava_llama", "hidden_size": 64,
+              "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 300,
+              "mm_vision_tower": str(tower), "mm_hidden_size": 64}
+    ckpt = Checkpoint(root=str(tmp_path), name="x", format="safetensors", layout="llava-original", tensors={},
+                      config=config, config_kind="llava-original")
+    pytest.importorskip("transformers")
+    schema = build_schema(ckpt)
+    assert any("vision tower config" in n and "num_hidden_layers=1000000" in n for n in schema.notes), schema.notes
+    assert not any(k.startswith("vision_tower:") for k in schema.expected)
+
+
+def test_sparse_file_holes_are_found_and_never_read(tmp_path):
+    """A pre-allocated shard: header written, 4 GiB of tensor data never written. No data is read for it."""
+    from llava_doctor.artifacts.readers import open_checkpoint
+
+    numel = 1 << 31  # F16: 4 GiB
+    header = json.dumps({"model.layers.0.mlp.up_proj.weight": {"dtype": "F16", "shape": [numel],
+                                                                "data_offsets": [0, 2 * numel]}}).encode()
+    path = tmp_path / "model.safetensors"
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(header)) + header)
+        fh.truncate(8 + len(header) + 2 * numel)
+    ckpt = open_checkpoint(path)
+    holes = ckpt.holes["model.safetensors"]
+    if not holes.holes:
+        pytest.skip("this filesystem reports no holes (SEEK_HOLE unsupported)")
+    assert holes.bytes > 2 * numel - 4096 * 2
+    result = scan_checkpoint(ckpt)
+    (scan,) = result.tensors.values()
+    assert scan.all_zero and scan.in_hole and result.bytes_read < 1 << 16

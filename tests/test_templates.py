@@ -100,8 +100,46 @@ def test_oracle_supervised_tokens_decode_to_the_answers(tiny, answers, image):
     messages = []
     for k, answer in enumerate(texts):
         messages += [("<image>\n" if image and k == 0 else "") + "what is this ?", answer]
-    template = get_template("v1")
-    out = oracle_full_prompt(Encoder(tiny), template, messages, has_image=image, bos_id=tiny.bos_token_id)
+    rendered = render(get_template("v1"), messages)
+    prompt = Encoder(tiny).prompt(rendered.text, image, tiny.bos_token_id)
+    out = oracle_full_prompt(prompt, rendered)
     supervised = [t for t, label in zip(out.input_ids, out.labels) if label != IGNORE_INDEX]
-    assert tiny.decode(supervised) .replace(" ", "") == "".join(t + "</s>" for t in texts).replace(" ", "")
+    assert tiny.decode(supervised).replace(" ", "") == "".join(t + "</s>" for t in texts).replace(" ", "")
     assert all(label in (IGNORE_INDEX, token) for token, label in zip(out.input_ids, out.labels))
+
+
+def test_tokenizer_loading_follows_each_train_py():
+    from llava_doctor.templates.codebase import tokenizer_loading
+
+    assert tokenizer_loading("llava", "/m/vicuna-7b-v1.5").use_fast is False
+    assert tokenizer_loading("llava", "/m/mpt-7b-chat").use_fast is None
+    assert tokenizer_loading("llava-next", "/m/Mistral-7B").padding_side == "left"
+    assert tokenizer_loading("llava-next", "/m/Qwen2-7B").use_fast is None
+    assert tokenizer_loading("llava-next", "/m/Llama-3-8B").use_fast is False
+    unknown = tokenizer_loading("llava-next", "/m/gemma-2b")
+    assert unknown.crash.startswith("UnboundLocalError") and "gemma-2b" in unknown.rule
+
+
+def test_template_choice_per_codebase():
+    from llava_doctor.templates.codebase import choose_template
+
+    assert choose_template("llava", "v1").note is None
+    fallback = choose_template("llava", "qwen_2")
+    assert fallback.template.name == "vicuna_v1" and fallback.silent_fallback and "only llava-next" in fallback.note
+    assert choose_template("llava-next", "qwen_2").note is None
+    assert choose_template("llava-next", "v1_mmtag").silent_fallback  # LLaVA-NeXT calls it llava_v1_mmtag
+    v0 = choose_template("llava", "v0")
+    assert v0.template.name == "vicuna_v1" and not v0.silent_fallback
+    assert choose_template("llava-next", "v0").template.name == "v0"
+
+
+def test_preprocess_multimodal_per_codebase():
+    from llava_doctor.templates.codebase import preprocess_multimodal
+
+    turns = [{"from": "human", "value": "Compare <image> and <image>."}, {"from": "gpt", "value": "<image> fine"}]
+    assert [v for _, v in preprocess_multimodal(turns, "llava", "v1")] == ["<image>\nCompare  and .", "<image>\nfine"]
+    assert [v for _, v in preprocess_multimodal(turns, "llava-next", "v1")] == ["Compare <image> and <image>.",
+                                                                                "<image> fine"]
+    one = [{"from": "human", "value": "What is <image>?"}]
+    assert preprocess_multimodal(one, "llava-next", "v1_mmtag")[0][1] == "<Image><image></Image>\nWhat is ?"
+    assert preprocess_multimodal(one, "llava", "v1", mm_use_im_start_end=True)[0][1] == "<im_start><image><im_end>\nWhat is ?"

@@ -128,3 +128,68 @@ def test_offsets_come_from_the_archive_not_from_guessing(tmp_path):
         info = ckpt.tensors[key]
         assert raw[info.offset: info.offset + info.nbytes] == value.numpy().tobytes(), key
         assert torch.equal(ckpt.load_tensor(info), value)
+
+
+def _rewrite_records(src, dst, edit) -> None:
+    """Copy a torch archive record by record with torch's own writer, `edit(name, bytes)` deciding each record."""
+    reader = torch._C.PyTorchFileReader(str(src))
+    writer = torch._C.PyTorchFileWriter(str(dst))
+    for name in reader.get_all_records():
+        data = edit(name, reader.get_record(name))
+        writer.write_record(name, data, len(data))
+    writer.write_end_of_file()
+    del writer
+
+
+def test_storage_record_shorter_than_its_tensor_is_ld206_and_never_read(tmp_path):
+    """torch.load(mmap=True) reads past a short record into the next one without a word (torch.load(mmap=False)
+    raises `record size ... does not match expected size`); the audit must not call the data clean."""
+    from llava_doctor.api import audit
+
+    state = {"model.layers.0.mlp.up_proj.weight": torch.arange(64, dtype=torch.float32),
+             "model.norm.weight": torch.ones(16)}
+    torch.save(state, tmp_path / "intact.bin")
+    _rewrite_records(tmp_path / "intact.bin", tmp_path / "short.bin",
+                     lambda name, data: data[:100] if name.endswith("data/0") else data)
+    silently = torch.load(tmp_path / "short.bin", weights_only=True, mmap=True)  # the failure: no error at all
+    assert not torch.equal(silently["model.layers.0.mlp.up_proj.weight"], state["model.layers.0.mlp.up_proj.weight"])
+
+    ckpt = open_checkpoint(tmp_path / "short.bin")
+    problems = {p.key: p for p in ckpt.integrity}
+    assert "storage record short/data/0 holds 100 bytes but the tensor needs 256" in problems["model.layers.0.mlp.up_proj.weight"].detail
+    assert all(t.offset is None for t in ckpt.tensors.values())
+    report = audit([tmp_path / "short.bin"], deep=True)
+    assert any("holds 100 bytes but the tensor needs 256" in f.message for f in report.by_code("LD206"))
+    unread = report.by_code("LD204")  # the values were not checked: said, not passed as finite
+    assert len(unread) == 1 and "could not be read" in unread[0].message
+    intact = audit([tmp_path / "intact.bin"], deep=True)
+    assert not intact.by_code("LD206") and not intact.by_code("LD204")
+
+
+def test_zip_members_are_bounded_before_reading(tmp_path):
+    """A deflated member (torch never compresses: a zip bomb), an oversized data.pkl, an endless opcode stream."""
+    import zipfile
+
+    from llava_doctor.artifacts import torch_format
+
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"N0" * (1 << 20))
+    contents = read_torch_state_dict(str(bomb), file="bomb.pt")
+    assert contents.failed and "is compressed" in contents.problems[0].detail
+    big = tmp_path / "big.pt"
+    with zipfile.ZipFile(big, "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02" + b"N0" * (torch_format.MAX_PICKLE_BYTES // 2))
+        archive.writestr("archive/byteorder", b"little")
+    contents = read_torch_state_dict(str(big), file="big.pt")
+    assert contents.failed and "larger than the" in contents.problems[0].detail
+    endless = io.BufferedReader(io.BytesIO(b"\x80\x02" + b"N0" * (torch_format.MAX_PICKLE_OPCODES // 2 + 1)))
+    with pytest.raises(torch_format.ArchiveRefused, match="opcodes"):
+        scan_pickle_globals(endless)
+
+
+def test_a_fifo_is_never_opened(tmp_path):
+    fifo = tmp_path / "model.bin"
+    os.mkfifo(fifo)
+    contents = read_torch_state_dict(str(fifo), file="model.bin")  # returns at once: O_NONBLOCK + fstat
+    assert contents.failed and "not a regular torch file (a FIFO)" in contents.problems[0].detail

@@ -5,6 +5,7 @@ checks read shapes/dtypes from ``tensors`` and, under ``--deep``, data through `
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any, Callable, ClassVar, Iterator
@@ -18,6 +19,7 @@ DTYPE_SIZES = {
     "C64": 8, "F4": 1, "F6_E2M3": 1, "F6_E3M2": 1,
 }
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+SHARD_NAME = re.compile(r"-\d+-of-\d+\.(safetensors|bin)$")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,18 @@ class IntegrityProblem:
 
 
 @dataclass(frozen=True)
+class FileHoles:
+    """Byte ranges [start, end) of a weight file that were never written (a sparse file), found without reading."""
+
+    holes: tuple[tuple[int, int], ...]
+    cut: bool = False  # more holes exist than were listed
+
+    @property
+    def bytes(self) -> int:
+        return sum(end - start for start, end in self.holes)
+
+
+@dataclass(frozen=True)
 class UnsafePickle:
     """A pickle that needs globals outside the allow-list; it was not loaded (reported by LD207)."""
 
@@ -76,6 +90,7 @@ class DeepSpeedInfo:
     ds_config: dict[str, Any] | None
     ds_version: str | None
     consolidated: list[str]  # files beside it holding full weights (save_16bit_model, zero_to_fp32 output), relative
+    resumable: bool = False  # an HF Trainer checkpoint-N folder (trainer_state.json beside it): training resumes from it
 
 
 @dataclass
@@ -93,6 +108,8 @@ class Checkpoint:
     unsafe: list[UnsafePickle] = field(default_factory=list)
     deepspeed: DeepSpeedInfo | None = None
     adapter_config: dict[str, Any] | None = None
+    file_tensors: dict[str, int] = field(default_factory=dict)  # weight file read without defects -> tensors it holds
+    holes: dict[str, FileHoles] = field(default_factory=dict)  # weight file -> its never-written byte ranges
     notes: dict[str, Any] = field(default_factory=dict)  # reader facts other checks may use
     loader: Callable[[TensorInfo], Any] | None = field(default=None, repr=False)  # -> torch.Tensor, for non-addressable tensors
 
@@ -107,6 +124,11 @@ class Checkpoint:
 
     def iter_tensors(self) -> Iterator[TensorInfo]:
         return iter(sorted(self.tensors.values(), key=lambda t: t.name))
+
+    def is_lone_shard(self) -> bool:
+        """One shard of a sharded set given alone (model-00002-of-00003.safetensors): it holds only some components."""
+        weights = {t.file for t in self.tensors.values()}
+        return len(weights) == 1 and "index" not in self.notes and bool(SHARD_NAME.search(next(iter(weights))))
 
     def load_tensor(self, info: TensorInfo) -> Any:
         if self.loader is None:

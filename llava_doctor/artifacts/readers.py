@@ -7,7 +7,6 @@ are recorded as IntegrityProblem / UnsafePickle entries for LD206 / LD207.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -15,81 +14,104 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .. import files as bounded
 from .. import layout as layouts
 from ..findings import InputError
-from .checkpoint import DTYPE_SIZES, Checkpoint, CheckpointFile, IntegrityProblem, TensorInfo, UnsafePickle
+from .checkpoint import DTYPE_SIZES, Checkpoint, CheckpointFile, FileHoles, IntegrityProblem, TensorInfo, UnsafePickle
+from .holes import file_holes
 from .safetensors_format import parse_index, read_header, reconcile_index
 
 SAFETENSORS_SUFFIX = ".safetensors"
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 INDEX_SUFFIX = ".index.json"
-MAX_JSON_BYTES = 64 * 1024 * 1024  # config/index files larger than this are not read
+# Reads are bounded before they start (DESIGN.md §5). Real configs are a few KB and the largest
+# public shard indexes about 10 MB; json.loads costs ~15x the bytes in the worst case.
+MAX_CONFIG_BYTES = 8 * bounded.MiB  # config.json, adapter_config.json, a vision tower's config.json
+MAX_INDEX_BYTES = 32 * bounded.MiB  # *.index.json
 MODEL_STATES = re.compile(r"^(?:zero_pp_rank_\d+_)?mp_rank_\d+_model_states\.pt$")
 OPTIM_STATES = re.compile(r"optim_states\.pt$")
 GLOBAL_STEP = re.compile(r"^global_step\d+$")
+TRAINER_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # HF Trainer's intermediate save folders
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read any supported checkpoint file or directory (see layout.LAYOUTS) without loading tensor data."""
     name = os.fspath(path)
-    mode = _stat_input(name)
+    mode = bounded.stat_path(name).st_mode
     if stat.S_ISDIR(mode):
         return _open_directory(os.path.abspath(name), name)
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{name}: not a regular file or directory ({bounded.file_type(mode)})")
     return _open_single_file(os.path.abspath(name), name)
+
+
+def audit_targets(path: str | os.PathLike) -> list[str]:
+    """What auditing `path` means: the path itself, or for an HF Trainer ``output_dir`` (final weights
+    beside ``checkpoint-N/`` folders) the final weights and the latest checkpoint.
+
+    The top level is kept when it holds weights, a DeepSpeed checkpoint or the ``config.json`` that
+    ``save_model`` writes (a folder users will ``from_pretrained``); the latest checkpoint is the one
+    with the highest N.
+    """
+    name = os.fspath(path)
+    try:
+        if not stat.S_ISDIR(os.stat(name).st_mode):
+            return [name]
+    except OSError:
+        return [name]  # open_checkpoint says why, in one line
+    try:
+        listing = _listing(name)
+    except InputError:
+        return [name]  # open_checkpoint says why, in one line
+    steps = sorted((int(m.group(1)), d) for d in listing.dirs if (m := TRAINER_CHECKPOINT.match(d))
+                   and _has_entries(os.path.join(name, d)))
+    if not steps:
+        return [name]
+    indexes, weights = _weight_files(listing.files)
+    top = bool(indexes or weights or "config.json" in listing.files or _is_deepspeed_dir(name, listing.files, listing.dirs))
+    latest = os.path.join(name, steps[-1][1])
+    return [name, latest] if top else [latest]
 
 
 # ---------------------------------------------------------------------------------------------
 # path checks
 
 
-def _stat_input(path: str) -> int:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise InputError(f"{path}: dangling symbolic link") from None
-        raise InputError(f"{path}: no such file or directory") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise InputError(f"{path}: symbolic link loop") from None
-        raise InputError(f"{path}: cannot stat ({exc.strerror or exc})") from None
-    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-        raise InputError(f"{path}: not a regular file or directory ({_file_type(st.st_mode)})")
-    return st.st_mode
+@dataclass
+class _Listing:
+    """One directory's entries: regular files (after links) -> size, other files -> what they are, sub-folders."""
+
+    files: dict[str, int] = field(default_factory=dict)
+    special: dict[str, str] = field(default_factory=dict)
+    dirs: list[str] = field(default_factory=list)
 
 
-def _file_type(mode: int) -> str:
-    for test, label in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return label
-    return "a special file"
-
-
-def _regular_size(path: str) -> int | None:
-    """Size of a regular file (following links), None for anything else or anything unreadable."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size if stat.S_ISREG(st.st_mode) else None
-
-
-def _list_files(directory: str) -> dict[str, int]:
-    """Regular files directly inside `directory` -> size; special files and broken links are left out."""
+def _listing(directory: str) -> _Listing:
     try:
         names = sorted(os.listdir(directory))
     except PermissionError:
         raise InputError(f"{directory}: permission denied") from None
     except OSError as exc:
         raise InputError(f"{directory}: cannot list ({exc.strerror or exc})") from None
-    files = {}
+    listing = _Listing()
     for entry in names:
-        size = _regular_size(os.path.join(directory, entry))
-        if size is not None:
-            files[entry] = size
-    return files
+        try:
+            st = bounded.stat_path(os.path.join(directory, entry))
+        except InputError as exc:  # dangling link, loop, no permission
+            listing.special[entry] = str(exc).rsplit(": ", 1)[-1]
+            continue
+        if stat.S_ISREG(st.st_mode):
+            listing.files[entry] = st.st_size
+        elif stat.S_ISDIR(st.st_mode):
+            listing.dirs.append(entry)
+        else:
+            listing.special[entry] = bounded.file_type(st.st_mode)
+    return listing
+
+
+def _list_files(directory: str) -> dict[str, int]:
+    """Regular files directly inside `directory` -> size; special files and broken links are left out."""
+    return _listing(directory).files
 
 
 def _has_entries(directory: str) -> bool:
@@ -102,9 +124,22 @@ def _has_entries(directory: str) -> bool:
 
 def _list_dirs(directory: str) -> list[str]:
     try:
-        return sorted(e for e in os.listdir(directory) if os.path.isdir(os.path.join(directory, e)))
-    except OSError:
+        return _listing(directory).dirs
+    except InputError:
         return []
+
+
+def _would_read(name: str) -> bool:
+    """A directory entry a reader would open if it were a regular file."""
+    return file_kind(name) != "other" or name == "latest" or name.endswith(".json")
+
+
+def _special_problems(listing: _Listing, prefix: str = "") -> list[IntegrityProblem]:
+    """Entries named like something a reader opens that are not regular files: refused, never opened."""
+    return [
+        IntegrityProblem("unreadable", prefix + entry, f"not a regular file ({what}); not opened")
+        for entry, what in sorted(listing.special.items()) if _would_read(entry)
+    ]
 
 
 def file_kind(name: str) -> str:
@@ -140,6 +175,8 @@ class _Builder:
     unsafe: list[UnsafePickle] = field(default_factory=list)
     weight_kinds: set[str] = field(default_factory=set)
     loaders: dict[str, Callable[[TensorInfo], Any]] = field(default_factory=dict)  # file -> loader
+    file_tensors: dict[str, int] = field(default_factory=dict)
+    holes: dict[str, FileHoles] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
 
     def add_file(self, rel: str, size: int) -> None:
@@ -163,6 +200,9 @@ class _Builder:
         self.weight_kinds.add("safetensors")
         try:
             header = read_header(os.path.join(self.root, rel), file=rel)
+        except InputError as exc:
+            self.integrity.append(IntegrityProblem("unreadable", rel, _reason(exc, os.path.join(self.root, rel))))
+            return None
         except OSError as exc:
             self.integrity.append(IntegrityProblem("unreadable", rel, f"cannot read: {exc.strerror or exc}"))
             return None
@@ -170,6 +210,8 @@ class _Builder:
         self.add_tensors(header.tensors)
         if header.metadata:
             self.notes.setdefault("safetensors_metadata", {})[rel] = header.metadata
+        if not header.problems:
+            self._read_ok(rel, len(header.declared_keys))
         return header.declared_keys
 
     def read_torch(self, rel: str) -> tuple[str, ...] | None:
@@ -187,7 +229,17 @@ class _Builder:
             self.notes.setdefault("state_dict_wrappers", {})[rel] = contents.wrapper
         if contents.skipped:
             self.notes.setdefault("non_tensor_entries", {})[rel] = contents.skipped
-        return None if contents.unsafe is not None or contents.failed else tuple(contents.tensors)
+        if contents.unsafe is not None or contents.failed:
+            return None
+        self._read_ok(rel, len(contents.tensors))
+        return tuple(contents.tensors)
+
+    def _read_ok(self, rel: str, tensors: int) -> None:
+        """A weight file read without defects: how many tensors it holds, and where it has holes."""
+        self.file_tensors[rel] = tensors
+        holes, cut = file_holes(os.path.join(self.root, rel))
+        if holes:
+            self.holes[rel] = FileHoles(tuple(holes), cut)
 
     def read_weights(self, rel: str) -> tuple[str, ...] | None:
         return self.read_safetensors(rel) if rel.endswith(SAFETENSORS_SUFFIX) else self.read_torch(rel)
@@ -197,7 +249,7 @@ class _Builder:
         path = os.path.join(self.root, rel)
         folder = os.path.dirname(rel)
         prefix = f"{folder}/" if folder else ""
-        text = _read_small(path, rel, self.integrity)
+        text = read_limited(path, rel, self.integrity, limit=MAX_INDEX_BYTES, what="shard index")
         if text is None:
             return
         index = parse_index(text, file=rel)
@@ -208,7 +260,7 @@ class _Builder:
         before = dict(self.tensors)
         for shard in index.shards():
             shard_rel = f"{prefix}{shard}"
-            size = _regular_size(os.path.join(self.root, shard_rel))
+            size = self._shard_size(shard_rel)
             if size is None:
                 shard_keys[shard] = None
                 continue
@@ -227,6 +279,16 @@ class _Builder:
         dup_keys = {p.key for p in problems if p.kind == "duplicate-key"}
         self.integrity = [p for p in self.integrity if not (p.kind == "duplicate-key" and p.key in dup_keys)]
         self.integrity.extend(problems)
+
+    def _shard_size(self, shard_rel: str) -> int | None:
+        """Size of a shard the index names; None when absent (reconciled later) or not a regular file (a problem now)."""
+        path = os.path.join(self.root, shard_rel)
+        try:
+            return bounded.regular_file_size(path, what="shard")
+        except InputError as exc:
+            if os.path.lexists(path):
+                self.integrity.append(IntegrityProblem("unreadable", shard_rel, _reason(exc, path)))
+            return None
 
     def _shard_keys(self, shard_rel: str, weight_map: dict[str, str], shard: str) -> tuple[str, ...]:
         # a shard that exists but could not be read (already a problem of its own) is not reconciled
@@ -263,6 +325,8 @@ class _Builder:
             integrity=self.integrity,
             unsafe=self.unsafe,
             adapter_config=adapter_config,
+            file_tensors=dict(self.file_tensors),
+            holes=dict(self.holes),
             notes=self.notes,
             loader=_dispatching_loader(loaders) if loaders else None,
         )
@@ -289,25 +353,23 @@ def _itemsize(dtype: str) -> int:
     return DTYPE_SIZES.get(dtype, 0)
 
 
-def _read_small(path: str, rel: str, integrity: list[IntegrityProblem]) -> bytes | None:
-    size = _regular_size(path)
-    if size is None:
-        integrity.append(IntegrityProblem("unreadable", rel, "not a regular file"))
-        return None
-    if size > MAX_JSON_BYTES:
-        integrity.append(IntegrityProblem("unreadable", rel, f"{size} bytes, larger than the {MAX_JSON_BYTES}-byte limit for JSON files"))
-        return None
+def _reason(exc: InputError, path: str) -> str:
+    """An InputError's text without the path it starts with (an IntegrityProblem names the file itself)."""
+    return str(exc).removeprefix(f"{path}: ")
+
+
+def read_limited(path: str, rel: str, integrity: list[IntegrityProblem], *, limit: int, what: str) -> bytes | None:
+    """A small regular file's bytes (size checked before reading); None, with an 'unreadable' problem, otherwise."""
     try:
-        with open(path, "rb") as fh:
-            return fh.read(MAX_JSON_BYTES + 1)
-    except OSError as exc:
-        integrity.append(IntegrityProblem("unreadable", rel, f"cannot read: {exc.strerror or exc}"))
+        return bounded.read_bytes(path, limit=limit, what=what)
+    except InputError as exc:
+        integrity.append(IntegrityProblem("unreadable", rel, _reason(exc, path)))
         return None
 
 
 def read_json_object(path: str, rel: str, integrity: list[IntegrityProblem]) -> dict | None:
     """A JSON object file (config.json, adapter_config.json); defects become 'bad-config' problems."""
-    data = _read_small(path, rel, integrity)
+    data = read_limited(path, rel, integrity, limit=MAX_CONFIG_BYTES, what="config file")
     if data is None:
         return None
     try:
@@ -321,12 +383,12 @@ def read_json_object(path: str, rel: str, integrity: list[IntegrityProblem]) -> 
     return parsed
 
 
-def _read_configs(builder: _Builder, folder_rel: str, files: dict[str, int]) -> tuple[dict | None, dict | None]:
+def _read_configs(builder: _Builder, folder_rel: str, listing: _Listing) -> tuple[dict | None, dict | None]:
     prefix = f"{folder_rel}/" if folder_rel else ""
     found = []
     for base in ("config.json", "adapter_config.json"):
-        if base in files:
-            builder.add_file(prefix + base, files[base])
+        if base in listing.files:
+            builder.add_file(prefix + base, listing.files[base])
             found.append(read_json_object(os.path.join(builder.root, prefix + base), prefix + base, builder.integrity))
         else:
             found.append(None)
@@ -339,28 +401,28 @@ def _read_configs(builder: _Builder, folder_rel: str, files: dict[str, int]) -> 
 
 def _open_single_file(path: str, name: str) -> Checkpoint:
     root, base = os.path.split(path)
+    if not base.endswith((INDEX_SUFFIX, SAFETENSORS_SUFFIX) + TORCH_SUFFIXES):
+        raise InputError(
+            f"{name}: unsupported file type (expected .safetensors, .safetensors.index.json, .bin, .pt, .pth or a directory)"
+        )
     builder = _Builder(root=root, name=name)
-    size = _regular_size(path) or 0
-    try:
-        with open(path, "rb"):
-            pass
-    except PermissionError:
-        raise InputError(f"{name}: permission denied") from None
-    except OSError as exc:
-        raise InputError(f"{name}: cannot open ({exc.strerror or exc})") from None
+    with bounded.open_regular(path, what="checkpoint file") as fh:  # type and permission, before any parsing
+        size = os.fstat(fh.fileno()).st_size
     builder.add_file(base, size)
-    config_size = _regular_size(os.path.join(root, "config.json"))  # the model's config beside a lone file
-    config, adapter_config = _read_configs(builder, "", {} if config_size is None else {"config.json": config_size})
+    beside = _Listing()  # the model's config beside a lone file
+    config_path = os.path.join(root, "config.json")
+    if os.path.lexists(config_path):
+        try:
+            beside.files["config.json"] = bounded.regular_file_size(config_path, what="config file")
+        except InputError as exc:
+            builder.integrity.append(IntegrityProblem("unreadable", "config.json", _reason(exc, config_path)))
+    config, adapter_config = _read_configs(builder, "", beside)
     if base.endswith(INDEX_SUFFIX):
         builder.read_index(base)
     elif base.endswith(SAFETENSORS_SUFFIX):
         builder.read_safetensors(base)
-    elif base.endswith(TORCH_SUFFIXES):
-        builder.read_torch(base)
     else:
-        raise InputError(
-            f"{name}: unsupported file type (expected .safetensors, .safetensors.index.json, .bin, .pt, .pth or a directory)"
-        )
+        builder.read_torch(base)
     return builder.build(config=config, adapter_config=adapter_config)
 
 
@@ -389,30 +451,33 @@ def _weight_files(files: dict[str, int]) -> tuple[list[str], list[str]]:
     return [], torch_files
 
 
-def _is_deepspeed_dir(directory: str, files: dict[str, int]) -> bool:
+def _is_deepspeed_dir(directory: str, files: dict[str, int], dirs: list[str] | None = None) -> bool:
     return (
         "latest" in files
         or any(MODEL_STATES.match(f) for f in files)
-        or any(GLOBAL_STEP.match(d) for d in _list_dirs(directory))
+        or any(GLOBAL_STEP.match(d) for d in (_list_dirs(directory) if dirs is None else dirs))
     )
 
 
 def _open_directory(path: str, name: str) -> Checkpoint:
-    files = _list_files(path)
-    if _is_deepspeed_dir(path, files):
+    listing = _listing(path)
+    if _is_deepspeed_dir(path, listing.files, listing.dirs):
         from .deepspeed_format import open_deepspeed_dir
 
-        return open_deepspeed_dir(path, name, files)
+        return open_deepspeed_dir(path, name, listing)
     builder = _Builder(root=path, name=name)
-    for base, size in files.items():
+    for base, size in listing.files.items():
         builder.add_file(base, size)
-    config, adapter_config = _read_configs(builder, "", files)
-    indexes, weights = _weight_files(files)
+    builder.integrity.extend(_special_problems(listing))
+    config, adapter_config = _read_configs(builder, "", listing)
+    indexes, weights = _weight_files(listing.files)
     if not indexes and not weights:
         if not _has_entries(path):
             raise InputError(f"{name}: empty directory")
+        refused = [f"{entry} is {what}" for entry, what in sorted(listing.special.items()) if _would_read(entry)]
         raise InputError(
             f"{name}: no weights found (expected *.safetensors, *.safetensors.index.json, *.bin, *.pt, *.pth or a DeepSpeed checkpoint)"
+            + (f"; not opened: {', '.join(refused)}" if refused else "")
         )
     for index in indexes:
         builder.read_index(index)
@@ -424,9 +489,11 @@ def _open_directory(path: str, name: str) -> Checkpoint:
 def open_weights_in(builder: _Builder, folder_rel: str) -> bool:
     """Read the model weights of a sub-folder into `builder` (used for consolidated DeepSpeed outputs)."""
     folder = os.path.join(builder.root, folder_rel) if folder_rel else builder.root
-    files = _list_files(folder)
+    listing = _listing(folder)
+    files = listing.files
     indexes, weights = _weight_files(files)
     prefix = f"{folder_rel}/" if folder_rel else ""
+    builder.integrity.extend(_special_problems(listing, prefix))
     for base in indexes + weights:
         builder.add_file(prefix + base, files[base])
     for index in indexes:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from math import prod
 from typing import Any, Mapping
 
+from ..files import open_regular
 from .checkpoint import DTYPE_SIZES, IntegrityProblem, TensorInfo
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit (MAX_HEADER_SIZE)
@@ -170,10 +171,11 @@ def _tiles(sound: list[tuple[int, int, str, dict]]) -> bool:
 def read_header(path: str | os.PathLike, *, file: str | None = None) -> SafetensorsHeader:
     """Read and validate one file's header; reads at most 8 + min(declared, 100 MB) bytes.
 
-    Raises OSError only for I/O failures on the open file (the caller turns them into InputError).
+    Raises InputError for anything but a regular file (a FIFO is never opened for reading) and
+    OSError for I/O failures on the open file.
     """
     file = os.fspath(path) if file is None else file
-    with open(path, "rb") as fh:
+    with open_regular(path, what="safetensors file") as fh:
         size = os.fstat(fh.fileno()).st_size
         result = SafetensorsHeader(file=file, file_size=size)
         prefix = fh.read(LENGTH_PREFIX_BYTES)

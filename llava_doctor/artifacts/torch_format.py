@@ -1,6 +1,10 @@
 """`.bin/.pt/.pth` files: inspect the pickle's globals without executing anything, then load safely.
 
 Order of operations for every file:
+0. bound the work before anything is read: only a regular file is opened; a zip archive's
+   members must be stored (torch never compresses, so a deflate bomb is refused unread), its
+   ``data.pkl`` at most :data:`MAX_PICKLE_BYTES`, its member count bounded; a legacy file's pickles
+   are read through a reader that stops at the same limit;
 1. list every global the pickle would import (opcode walk with ``pickletools.genops``; for zip
    archives also ``torch.serialization.get_unsafe_globals_in_checkpoint``);
 2. if any is outside :data:`ALLOWED_GLOBALS`, record an :class:`UnsafePickle` and stop;
@@ -8,7 +12,10 @@ Order of operations for every file:
    is read; torch records each storage's file offset), a legacy file into memory;
 4. unwrap the usual containers (``state_dict`` / ``module`` / ``model``) and index the tensors,
    with raw byte offsets for contiguous tensors of little-endian zip archives; the data of any
-   tensor is available through a loader that memory-maps the archive on first use.
+   tensor is available through a loader that memory-maps the archive on first use;
+5. check every storage against the record that holds it: a record shorter than its storage
+   would be read past its end by an mmap load (torch does not check), so the tensor becomes a
+   "truncated" problem and its data is never read.
 
 torch is imported lazily, only when a file is actually loaded.
 """
@@ -17,12 +24,25 @@ from __future__ import annotations
 import io
 import os
 import pickletools
+import struct
 import zipfile
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Mapping
+from typing import IO, Any, Callable, Iterable, Mapping
 
+from ..files import MiB, open_regular
+from ..findings import InputError
 from .checkpoint import IntegrityProblem, TensorInfo, UnsafePickle
 from .safetensors_format import printable
+
+# A state dict's pickle holds names and shapes only: ~200 bytes per tensor (a 70B model: ~200 KB).
+# The limit bounds both the opcode walk and what torch's unpickler builds in memory.
+MAX_PICKLE_BYTES = 16 * MiB
+# The opcode walk runs in Python (~1 µs per opcode): a state dict needs ~15 opcodes per tensor.
+MAX_PICKLE_OPCODES = 2_000_000
+MAX_ZIP_MEMBERS = 200_000  # one record per storage; zipfile keeps ~0.5 KB per member in memory
+# A legacy (pre-1.6, non-zip) file cannot be memory-mapped: torch.load reads all of it into memory.
+MAX_LEGACY_BYTES = 4 * 1024 * MiB
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # zip local file header (30 bytes)
 
 # Globals a plain tensor state dict needs (zip and legacy formats); everything else is refused.
 _STORAGE_TYPES = (
@@ -65,6 +85,10 @@ _STACK_NEUTRAL_OPS = frozenset({"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAM
 _UNRESOLVED = "<unresolved STACK_GLOBAL>"
 
 
+class ArchiveRefused(Exception):
+    """A torch file whose structure would make reading it unbounded; nothing of it is loaded."""
+
+
 class PickleScanError(Exception):
     """The bytes are not a (complete) pickle; `.globals` holds what was seen before the defect."""
 
@@ -81,6 +105,7 @@ def scan_pickle_globals(stream: io.BufferedIOBase, *, max_pickles: int = 1) -> t
     "<unresolved STACK_GLOBAL>" (which is never allowed). Raises PickleScanError for malformed input.
     """
     found: list[str] = []
+    opcodes = 0
     for number in range(max_pickles):
         if number and not stream.peek(1)[:1]:
             break
@@ -88,6 +113,10 @@ def scan_pickle_globals(stream: io.BufferedIOBase, *, max_pickles: int = 1) -> t
         memo: dict[int, Any] = {}
         try:
             for opcode, arg, _ in pickletools.genops(stream):
+                opcodes += 1
+                if opcodes > MAX_PICKLE_OPCODES:
+                    raise ArchiveRefused(f"its pickle goes on past {MAX_PICKLE_OPCODES:,} opcodes, more than a state "
+                                         "dict needs")
                 name = opcode.name
                 if name in _STRING_OPS:
                     recent.append(arg if isinstance(arg, str) else arg.decode("latin-1") if isinstance(arg, bytes) else None)
@@ -111,6 +140,8 @@ def scan_pickle_globals(stream: io.BufferedIOBase, *, max_pickles: int = 1) -> t
                 elif name not in _STACK_NEUTRAL_OPS:
                     recent.append(None)
                 del recent[:-4]
+        except ArchiveRefused:
+            raise
         except Exception as exc:  # genops raises ValueError/KeyError/struct.error/EOFError... on garbage
             if number == 0 or found:
                 raise PickleScanError(f"not a valid pickle ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})", tuple(found)) from None
@@ -133,36 +164,130 @@ class TorchContents:
     failed: bool = False
     is_zip: bool = False
     raw: Any = None  # the loaded object (only for callers that need the non-tensor entries)
+    records: dict[int, "Record"] = field(default_factory=dict)  # zip data records by the offset of their data
+    little_endian: bool = True
 
 
-def _zip_is_little_endian(path: str) -> bool:
-    """torch byte-swaps records of a big-endian archive on load; their raw bytes are then not addressable."""
-    with zipfile.ZipFile(path) as archive:
-        orders = [n for n in archive.namelist() if n.endswith("/byteorder") or n == "byteorder"]
-        return not orders or archive.read(orders[0]).strip() == b"little"
+@dataclass(frozen=True)
+class Record:
+    """One stored member of a torch zip archive: where its data starts in the file and how long it is."""
+
+    name: str
+    start: int
+    size: int
+
+
+class _Bounded(io.RawIOBase):
+    """A read-only view of `raw` that refuses to go past `limit` bytes (the pickle walk of a legacy file)."""
+
+    def __init__(self, raw: IO[bytes], limit: int) -> None:
+        self.raw, self.left, self.limit = raw, limit, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:  # pickletools.genops asks for positions
+        return self.limit - self.left
+
+    def readinto(self, buffer: Any) -> int:
+        if self.left <= 0:
+            raise ArchiveRefused(f"its pickles go on past {self.limit:,} bytes, the limit for a state dict's pickle")
+        view = memoryview(buffer)[: self.left]
+        got = self.raw.readinto(view)
+        self.left -= got or 0
+        return got or 0
+
+
+def _zip_member_count(fh: IO[bytes]) -> int | None:
+    """The entry count the end-of-central-directory record declares (None if it cannot be read)."""
+    try:
+        end = zipfile._EndRecData(fh)  # the stdlib's own EOCD reader (zip64 aware), without reading the directory
+    except Exception:
+        return None
+    return int(end[zipfile._ECD_ENTRIES_TOTAL]) if end else None
+
+
+def _zip_records(archive: zipfile.ZipFile, fh: IO[bytes], size: int) -> dict[str, Record]:
+    """Every member of a torch archive, refused unless reading it is bounded (stored, inside the file)."""
+    records: dict[str, Record] = {}
+    for info in archive.infolist():
+        name = printable(info.filename)
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ArchiveRefused(f"member {name} is compressed (method {info.compress_type}); torch stores members "
+                                 "uncompressed, so it is not read")
+        if info.file_size != info.compress_size:
+            raise ArchiveRefused(f"member {name} declares {info.file_size:,} bytes but stores {info.compress_size:,}")
+        fh.seek(info.header_offset)
+        header = fh.read(_LOCAL_HEADER.size)
+        if len(header) < _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile(f"member {name}: no local header at offset {info.header_offset}")
+        fields = _LOCAL_HEADER.unpack(header)
+        start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+        if start + info.file_size > size:
+            raise zipfile.BadZipFile(f"member {name} ends at byte {start + info.file_size:,}, past the end of the "
+                                     f"{size:,}-byte file: truncated")
+        is_data = "/data/" in "/" + info.filename
+        limit = MAX_PICKLE_BYTES
+        if not is_data and info.file_size > limit:
+            raise ArchiveRefused(f"member {name} is {info.file_size:,} bytes, larger than the {limit:,}-byte limit "
+                                 "for a state dict's pickle and metadata")
+        records[info.filename] = Record(info.filename, start, info.file_size)
+    return records
+
+
+def _open_archive(fh: IO[bytes], size: int) -> tuple[zipfile.ZipFile, dict[str, Record]]:
+    count = _zip_member_count(fh)
+    if count is not None and count > MAX_ZIP_MEMBERS:
+        raise ArchiveRefused(f"its zip directory declares {count:,} members, more than the {MAX_ZIP_MEMBERS:,} "
+                             "a state dict needs")
+    fh.seek(0)
+    archive = zipfile.ZipFile(fh)
+    return archive, _zip_records(archive, fh, size)
 
 
 def inspect_globals(path: str) -> tuple[tuple[str, ...], bool]:
-    """(globals the file's pickle needs, is_zip). Raises PickleScanError / zipfile.BadZipFile / OSError."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-            if len(pickles) != 1:
-                raise zipfile.BadZipFile(f"a zip archive without exactly one data.pkl (found {len(pickles)})")
-            with archive.open(pickles[0]) as member:
-                found = scan_pickle_globals(io.BufferedReader(member))
-        import torch.serialization
+    """(globals the file's pickle needs, is_zip). Raises PickleScanError / ArchiveRefused / zipfile.BadZipFile /
+    InputError (not a regular file) / OSError."""
+    with open_regular(path, what="torch file") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if zipfile.is_zipfile(fh):
+            archive, _ = _open_archive(fh, size)
+            with archive:
+                pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+                if len(pickles) != 1:
+                    raise zipfile.BadZipFile(f"a zip archive without exactly one data.pkl (found {len(pickles)})")
+                with archive.open(pickles[0]) as member:
+                    found = scan_pickle_globals(io.BufferedReader(member))
+            is_zip = True
+        else:
+            fh.seek(0)
+            if fh.read(4) == b"PK\x03\x04":
+                raise zipfile.BadZipFile("zip archive without its central directory: truncated (an interrupted save or copy)")
+            fh.seek(0)
+            if size > MAX_LEGACY_BYTES:
+                raise ArchiveRefused(f"legacy (non-zip) torch format of {size:,} bytes: torch.load would read all of it "
+                                     f"into memory (limit {MAX_LEGACY_BYTES:,}); re-save it with a current torch")
+            stream = io.BufferedReader(_Bounded(fh, MAX_PICKLE_BYTES))
+            return scan_pickle_globals(stream, max_pickles=_LEGACY_PICKLES), False
+    import torch.serialization
 
-        try:  # torch's own view; anything it calls unsafe is unsafe too
-            found += tuple(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-        except Exception:
-            pass
-        return found, True
-    with open(path, "rb") as fh:
-        if fh.read(4) == b"PK\x03\x04":
-            raise zipfile.BadZipFile("zip archive without its central directory: truncated (an interrupted save or copy)")
-        fh.seek(0)
-        return scan_pickle_globals(io.BufferedReader(fh), max_pickles=_LEGACY_PICKLES), False
+    try:  # torch's own view; anything it calls unsafe is unsafe too (data.pkl is bounded above)
+        found += tuple(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:
+        pass
+    return found, is_zip
+
+
+def _zip_layout(path: str) -> tuple[dict[int, Record], bool]:
+    """(data records by the file offset of their data, little-endian) of an archive inspect_globals accepted."""
+    with open_regular(path, what="torch file") as fh, zipfile.ZipFile(fh) as archive:
+        records = _zip_records(archive, fh, os.fstat(fh.fileno()).st_size)
+        orders = [r for n, r in records.items() if n.endswith("/byteorder") or n == "byteorder"]
+        little = True
+        if orders and orders[0].size <= 16:
+            fh.seek(orders[0].start)
+            little = fh.read(orders[0].size).strip() == b"little"
+    return {r.start: r for n, r in records.items() if "/data/" in "/" + n}, little
 
 
 def load_checked(path: str, *, file: str, metadata_only: bool = False) -> TorchContents:
@@ -180,6 +305,12 @@ def load_checked(path: str, *, file: str, metadata_only: bool = False) -> TorchC
         if bad:
             contents.unsafe = UnsafePickle(file, bad)
         fail("unreadable", f"{exc}; not a PyTorch checkpoint")
+        return contents
+    except ArchiveRefused as exc:
+        fail("unreadable", f"not loaded: {exc}")
+        return contents
+    except InputError as exc:
+        fail("unreadable", str(exc).removeprefix(f"{path}: "))
         return contents
     except zipfile.BadZipFile as exc:
         fail("truncated" if "central directory" in str(exc) or "truncated" in str(exc).lower() else "unreadable", f"broken zip archive ({exc})")
@@ -206,6 +337,11 @@ def load_checked(path: str, *, file: str, metadata_only: bool = False) -> TorchC
         return contents
     contents.raw = obj
     contents.is_zip = is_zip
+    if is_zip:
+        try:
+            contents.records, contents.little_endian = _zip_layout(path)
+        except (ArchiveRefused, zipfile.BadZipFile, InputError, OSError) as exc:
+            fail("unreadable", f"zip archive changed while being read ({' '.join(str(exc).split())[:160]})")
     return contents
 
 
@@ -257,11 +393,51 @@ def tensor_table(state: Mapping[str, Any], *, file: str, file_size: int | None =
     return table, skipped
 
 
-def lazy_loader(path: str, wrapper: str) -> Callable[[TensorInfo], Any]:
-    """Tensors of a checked zip archive, memory-mapped on first use (weights_only=True again)."""
+def storage_problems(state: Mapping[str, Any], records: Mapping[int, Record], *, file: str) -> dict[str, IntegrityProblem]:
+    """Tensors whose storage the archive does not hold in full (key -> 'truncated' problem).
+
+    A meta-device load gives each storage its declared size and the offset torch computed for it;
+    the record at that offset must exist and be at least that long, and the tensor's elements
+    must lie inside it. An mmap load does not check this and reads past the record.
+    """
+    import torch
+
+    problems: dict[str, IntegrityProblem] = {}
+    for key, value in state.items():
+        if not (isinstance(key, str) and key.isprintable() and isinstance(value, torch.Tensor)):
+            continue
+        storage = value.untyped_storage()
+        start = getattr(storage, "_checkpoint_offset", None)
+        if not isinstance(start, int):
+            continue
+        need = storage.nbytes()
+        if value.numel():
+            span = 1 + sum((size - 1) * stride for size, stride in zip(value.shape, value.stride()))
+            need = max(need, (value.storage_offset() + span) * value.element_size())
+        record = records.get(start)
+        if record is None:
+            if need:
+                problems[key] = IntegrityProblem(
+                    "truncated", file, f"tensor {key}: no storage record starts at byte {start:,} where torch looks "
+                    f"for its {need:,} bytes (a record before it is shorter than declared)", key)
+        elif record.size < need:
+            problems[key] = IntegrityProblem(
+                "truncated", file, f"tensor {key}: storage record {printable(record.name)} holds {record.size:,} bytes "
+                f"but the tensor needs {need:,}; an mmap load reads past the record's end", key)
+    return problems
+
+
+def lazy_loader(path: str, wrapper: str, refused: Mapping[str, str] | None = None) -> Callable[[TensorInfo], Any]:
+    """Tensors of a checked zip archive, memory-mapped on first use (weights_only=True again).
+
+    `refused` maps keys whose data the archive does not hold in full to why: they are never read.
+    """
     cache: dict[str, Any] = {}
+    refused = dict(refused or {})
 
     def load(info: TensorInfo) -> Any:
+        if info.name in refused:
+            raise ValueError(refused[info.name])
         if "state" not in cache:
             import torch
 
@@ -284,15 +460,20 @@ def read_torch_state_dict(path: str, *, file: str) -> TorchContents:
     if state is None:
         contents.problems.append(IntegrityProblem("unreadable", file, f"holds a {held}, not a state dict of tensors"))
         return contents
-    addressable = contents.is_zip and _zip_is_little_endian(path)
+    addressable = contents.is_zip and contents.little_endian
     file_size = os.path.getsize(path)
     contents.tensors, contents.skipped = tensor_table(state, file=file, file_size=file_size)
-    if not addressable:
-        contents.tensors = {k: replace(t, offset=None, nbytes=None if t.nbytes else 0) for k, t in contents.tensors.items()}
+    short = storage_problems(state, contents.records, file=file) if contents.is_zip else {}
+    contents.problems.extend(short.values())
+    if not addressable or short:
+        contents.tensors = {
+            k: replace(t, offset=None, nbytes=None if t.nbytes else 0) if not addressable or k in short else t
+            for k, t in contents.tensors.items()
+        }
     for key in [k for k in state if isinstance(k, str) and not k.isprintable()][:5]:
         contents.problems.append(IntegrityProblem("bad-header", file, f"key {printable(key)}: name contains control characters; not indexed", printable(key)))
     if contents.is_zip:
-        contents.loader = lazy_loader(path, contents.wrapper)
+        contents.loader = lazy_loader(path, contents.wrapper, {k: p.detail for k, p in short.items()})
     else:
         loaded = {k: v for k, v in state.items() if k in contents.tensors}
         contents.loader = lambda info: loaded[info.name]

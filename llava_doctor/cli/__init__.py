@@ -16,7 +16,9 @@ COMMANDS = {
     "demo": "demo",
     "explain": "rules",
     "generate": "generate",
+    "inspect": "inspect",
     "logs": "logs",
+    "preflight": "preflight",
     "reproduce": "reproduce",
     "rules": "rules",
 }
@@ -42,5 +44,7 @@ class LazyGroup(click.Group):
 def main() -> None:
     """llava-doctor: find the silent failures of LLaVA-style multimodal training.
 
-    Exit codes: 0 clean, 1 findings at or above --fail-on, 2 usage error or unreadable input.
+    Exit codes: 0 clean, 1 findings at or above --fail-on, 2 usage error (an unknown code, prefix, option
+    value or format; a selection that leaves nothing to check) or an input that could not be read (also
+    with --exit-zero, which only stops findings from failing).
     """

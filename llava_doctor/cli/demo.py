@@ -1,42 +1,95 @@
 """`llava-doctor demo`: the main job on the embedded default.
 
 The bundled core builds every failure scenario and its fixed twin into one folder (tiny LLaVA
-models, real DeepSpeed runs, exports, datasets), then llava-doctor examines each with the command
-the scenario names, and a table says which were caught and which twins came out clean.
+models, real DeepSpeed runs, exports, datasets), then llava-doctor examines each with the commands
+the scenario names (``a ; b ; c`` - each run with ``--format json`` so that the codes that fired are
+known, not guessed from an exit code), and a table says which were caught and which twins came out
+clean. A code "fired" when a command reported it at or above its --fail-on severity (error unless
+the scenario says otherwise); a broken scenario counts as caught only when one of its own codes fired,
+and a twin is clean when none of them fired and every command exited 0.
 """
 from __future__ import annotations
 
 import io
+import json
 import shlex
 import time
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
+from ..progress import progress_allowed, progress_bar
 from .common import EXIT_ERROR, guarded
 
+SEPARATOR = ";"
 
-def _run_command(command: str) -> tuple[int | None, str]:
-    """Run a `llava-doctor ...` command line in-process; None when this build has no such command."""
+
+@dataclass
+class CommandRun:
+    command: str
+    exit_code: int | None  # None: this build has no such command
+    codes: list[str] = field(default_factory=list)  # codes reported at or above the command's --fail-on (they fired)
+    lines: list[str] = field(default_factory=list)  # what to show: findings and errors, one line each
+
+
+def split_commands(command: str) -> list[list[str]]:
+    """`llava-doctor a ... ; llava-doctor b ...` -> [argv, argv] (a trailing `   # comment` is dropped)."""
+    argv = shlex.split(command.split("   #", 1)[0], comments=True)
+    commands, current = [], []
+    for token in argv + [SEPARATOR]:
+        if token == SEPARATOR:
+            if current:
+                commands.append(current)
+            current = []
+        else:
+            current.append(token)
+    return commands
+
+
+def run_command(argv: list[str]) -> CommandRun:
+    """Run one `llava-doctor ...` command in-process with JSON output; its exit code and the codes that fired."""
     from . import main
 
-    argv = shlex.split(command.split("   #", 1)[0], comments=True)
-    if not argv or argv[0] != "llava-doctor":
-        return None, ""
-    if main.get_command(None, argv[1]) is None:
-        return None, ""
-    buffer = io.StringIO()
-    with redirect_stdout(buffer):
+    from ..findings import Severity
+
+    run = CommandRun(shlex.join(argv), None)
+    if not argv or argv[0] != "llava-doctor" or len(argv) < 2 or main.get_command(None, argv[1]) is None:
+        return run
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
         try:
-            main.main(argv[1:], prog_name="llava-doctor", standalone_mode=False)
-            code = 0
+            main.main([*argv[1:], "--format", "json"], prog_name="llava-doctor", standalone_mode=False)
+            run.exit_code = 0
         except SystemExit as exc:
-            code = int(exc.code or 0)
+            run.exit_code = int(exc.code or 0)
         except click.ClickException as exc:
-            buffer.write(f"llava-doctor: error: {exc.format_message()}\n")
-            code = EXIT_ERROR
-    return code, buffer.getvalue()
+            err.write(f"llava-doctor: error: {exc.format_message()}\n")
+            run.exit_code = EXIT_ERROR
+    try:
+        findings = json.loads(out.getvalue()).get("findings", [])
+    except ValueError:
+        findings = []
+    fail_on = Severity.parse(argv[argv.index("--fail-on") + 1]) if "--fail-on" in argv[:-1] else Severity.ERROR
+    run.codes = [f["code"] for f in findings if Severity.parse(f["severity"]) >= fail_on]
+    run.lines = [f"{f['code']} {f['severity']}: {f['message']}" for f in findings]
+    run.lines += [line for line in err.getvalue().splitlines() if line.startswith("llava-doctor: error")]
+    return run
+
+
+def verdict(variant: str, codes: tuple[str, ...], runs: list[CommandRun]) -> str:
+    """broken: CAUGHT when one of the scenario's codes fired; fixed: clean when none fired and all exited 0."""
+    ran = [r for r in runs if r.exit_code is not None]
+    if not ran:
+        return "no check yet"
+    fired = {c for r in ran for c in r.codes} & set(codes)
+    errors = any(r.exit_code == EXIT_ERROR for r in ran)
+    if variant == "broken":
+        return "CAUGHT" if fired else "error" if errors else "missed"
+    if fired or any(r.exit_code == 1 for r in ran):
+        return "FALSE ALARM"
+    return "error" if errors else "clean"
 
 
 @click.command()
@@ -48,7 +101,6 @@ def _run_command(command: str) -> tuple[int | None, str]:
 def demo(out, only, quiet) -> int:
     """Build every failure scenario and its fixed twin with the bundled core, then diagnose each."""
     from .. import reproduce
-    from ..registry import all_checks
 
     names = list(only) or reproduce.names()
     for name in names:
@@ -57,32 +109,45 @@ def demo(out, only, quiet) -> int:
     rows = []
     for name in names:
         scenario = reproduce.get(name)
-        known = [c for c in scenario.codes if c in all_checks()]
         for fixed in (False, True):
             variant = "fixed" if fixed else "broken"
             start = time.perf_counter()
-            result = reproduce.build(name, root / name / variant, fixed=fixed)
-            code, text = _run_command(result.command) if known else (None, "")
+            bar = progress_bar(None, progress_allowed(), f"{name} ({variant}): building and diagnosing", ticking=True)
+            try:
+                result = reproduce.build(name, root / name / variant, fixed=fixed)
+                runs = [run_command(argv) for argv in split_commands(result.command)]
+            finally:
+                if bar is not None:
+                    bar.close()
             seconds = time.perf_counter() - start
-            rows.append((name, variant, code, seconds, scenario.codes))
+            rows.append((name, variant, runs, seconds, scenario.codes))
             if not quiet:
-                click.secho(f"\n=== {name} ({variant}) — {result.command}", bold=True)
-                click.echo(text.rstrip() if code is not None else
-                           f"(not diagnosed yet: its checks {', '.join(scenario.codes)} are in the catalogue but not "
-                           f"built; the artifact and its facts are in {result.out_dir}, see README.txt)")
-    click.echo("\nscenario                 variant  exit  verdict        seconds  codes")
-    caught = 0
-    for name, variant, code, seconds, codes in rows:
-        if code is None:
-            verdict = "no check yet"
-        elif variant == "broken":
-            verdict = "CAUGHT" if code == 1 else "missed" if code == 0 else "error"
-            caught += code == 1
-        else:
-            verdict = "clean" if code == 0 else "FALSE ALARM" if code == 1 else "error"
-        click.echo(f"{name:24} {variant:8} {'-' if code is None else code:>4}  {verdict:13} {seconds:7.1f}  {','.join(codes)}")
-    checked = sum(1 for n, v, c, _, _ in rows if v == "broken" and c is not None)
-    false_alarms = sum(1 for n, v, c, _, _ in rows if v == "fixed" and c == 1)
-    click.echo(f"\n{caught} of {checked} checked failures caught, {false_alarms} false alarm(s) on the fixed twins; "
+                _show(name, variant, result, runs)
+    click.echo(f"\n{'scenario':24} {'variant':8} {'exit':>4}  {'verdict':13} {'seconds':>7}  codes fired (scenario's codes)")
+    caught = checked = false_alarms = errors = 0
+    for name, variant, runs, seconds, codes in rows:
+        decided = verdict(variant, codes, runs)
+        exits = [r.exit_code for r in runs if r.exit_code is not None]
+        fired = sorted({c for r in runs for c in r.codes})
+        checked += variant == "broken" and decided != "no check yet"
+        caught += decided == "CAUGHT"
+        false_alarms += decided == "FALSE ALARM"
+        errors += decided == "error" or (decided == "CAUGHT" and EXIT_ERROR in exits)
+        click.echo(f"{name:24} {variant:8} {max(exits) if exits else '-':>4}  {decided:13} {seconds:7.1f}  "
+                   f"{','.join(fired) or '-'} ({','.join(codes)})")
+    failed = f", {errors} with a command that could not run (exit 2)" if errors else ""
+    click.echo(f"\n{caught} of {checked} checked failures caught, {false_alarms} false alarm(s) on the fixed twins{failed}; "
                f"artifacts and README.txt files in {root}/")
-    return 0 if caught == checked and not false_alarms else 1
+    return 0 if caught == checked and not false_alarms and not errors else 1
+
+
+def _show(name: str, variant: str, result, runs: list[CommandRun]) -> None:
+    click.secho(f"\n=== {name} ({variant})", bold=True)
+    for run in runs:
+        click.echo(f"$ {run.command}")
+        if run.exit_code is None:
+            click.echo(f"  (not in this build; the artifact and its facts are in {result.out_dir}, see README.txt)")
+            continue
+        for line in run.lines or ["no findings"]:
+            click.echo(f"  {line}")
+        click.echo(f"  exit {run.exit_code}")

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import textwrap
 
 import click
 
-from ..findings import InputError, doc_anchor
 from .common import guarded
 
 
@@ -14,7 +12,7 @@ from .common import guarded
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @guarded
 def rules(fmt) -> int:
-    """List every check: code, severity, artifact and title."""
+    """List every check: code, severity, artifact and title (third-party checks included)."""
     from ..registry import all_checks
 
     checks = all_checks()
@@ -23,7 +21,7 @@ def rules(fmt) -> int:
     else:
         for code, check in checks.items():
             deep = " (--deep)" if check.deep else ""
-            click.echo(f"{code}  {str(check.severity):7}  {check.artifact:11}  {check.title}{deep}")
+            click.echo(f"{code}  {str(check.severity):7}  {', '.join(check.kinds()):11}  {check.title}{deep}")
     return 0
 
 
@@ -31,21 +29,16 @@ def rules(fmt) -> int:
 @click.argument("code")
 @guarded
 def explain(code) -> int:
-    """Explain one check: why it exists, what it looks at, how to fix what it finds."""
-    from ..registry import all_checks
+    """Explain one check: why it exists, what it reads, how to fix what it finds, its examples."""
+    from ..docs import check_text
+    from ..findings import InputError
+    from ..registry import all_checks, check_patterns, code_ranges
 
     checks = all_checks()
-    check = checks.get(code.strip().upper())
-    if check is None:
-        raise InputError(f"unknown check {code!r}; `llava-doctor rules` lists them")
-    d = check.describe()
-    wrap = lambda text: textwrap.fill(" ".join(text.split()), width=88, initial_indent="  ", subsequent_indent="  ")
-    click.echo(f"{d['code']}: {d['title']}")
-    click.echo(f"  severity: {d['severity']}   artifact: {d['artifact']}   reads tensor data: {'yes (--deep)' if d['deep'] else 'no'}")
-    click.echo("\nWhy:\n" + wrap(d["rationale"]))
-    click.echo("\nFix:\n" + wrap(d["fix"]))
-    if check.invalid or check.valid:
-        click.echo("\nExamples: fires on " + ", ".join(e.name for e in check.invalid) +
-                   ("; silent on " + ", ".join(e.name for e in check.valid) if check.valid else ""))
-    click.echo(f"\nDocs: {doc_anchor(d['code'])}")
+    wanted = code.strip().upper()
+    if wanted not in checks:
+        check_patterns([wanted], where="explain")  # unknown: the closest code and the known ones
+        raise InputError(f"explain: {wanted!r} is a prefix of {code_ranges(c for c in checks if c.startswith(wanted))}; "
+                         "give one code")
+    click.echo(check_text(checks[wanted]))
     return 0

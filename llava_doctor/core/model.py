@@ -86,6 +86,11 @@ class LlavaMetaForCausalLM:
     def get_model(self):
         return self.model
 
+    def _init_weights(self, module):
+        """transformers 4.x applies the outermost model's hook to every submodule (5.x the nearest
+        PreTrainedModel's): route it through the LLM body's, whose rule covers the projector and image_newline."""
+        self.get_model()._init_weights(module)
+
     def get_vision_tower(self) -> VisionTower | None:
         return self.model.get_vision_tower()
 
@@ -153,14 +158,16 @@ class LlavaMetaForCausalLM:
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
         inputs_embeds=None,
         labels=None,
         use_cache=None,
         images=None,
-        logits_to_keep=0,
+        image_sizes=None,  # LLaVA-NeXT's anyres sizes; single-patch images need none
         **kwargs,
     ):
+        # the KV cache (`past_key_values`, `cache` in transformers >= 5.24) and `logits_to_keep` (transformers >= 4.45;
+        # `num_logits_to_keep` before) travel in kwargs under whichever name the caller used: naming them here would
+        # trip one version's deprecation warning or the other's TypeError
         if inputs_embeds is None and images is not None and self.get_vision_tower() is not None:
             inputs_embeds, attention_mask, position_ids, labels = self.prepare_multimodal_inputs(
                 input_ids, attention_mask, labels, images
@@ -170,13 +177,41 @@ class LlavaMetaForCausalLM:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    @torch.no_grad()
+    def generate(self, inputs=None, images=None, image_sizes=None, **kwargs):
+        """LLaVA's ``generate``: the image is spliced into the prompt's embeddings once, then the LLM decodes
+        from ``inputs_embeds`` with its KV cache (later steps never see the image path again). Returns the
+        new tokens only, as transformers does for ``inputs_embeds``. ``input_ids=`` is accepted for ``inputs``."""
+        if "inputs_embeds" in kwargs:
+            raise NotImplementedError("`inputs_embeds` is not supported")
+        inputs = kwargs.pop("input_ids", None) if inputs is None else inputs
+        attention_mask = kwargs.pop("attention_mask", None)
+        kwargs.pop("position_ids", None)
+        if images is not None and self.get_vision_tower() is not None:
+            inputs_embeds, attention_mask, _, _ = self.prepare_multimodal_inputs(inputs, attention_mask, None, images)
+        else:
+            inputs_embeds = self.get_model().embed_tokens(inputs)
+        output = super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        if _generate_returns_its_bos_seed():
+            if isinstance(output, torch.Tensor):
+                return output[:, 1:]
+            output.sequences = output.sequences[:, 1:]
+        return output
+
+
+def _generate_returns_its_bos_seed() -> bool:
+    """transformers < 4.38 (LLaVA's 4.37 pin) decodes from ``inputs_embeds`` after a BOS column it seeds
+    ``input_ids`` with, and returns that column; 4.38 seeds an empty one (new tokens only)."""
+    import transformers
+    from packaging.version import Version
+
+    return Version(transformers.__version__).release < (4, 38)
 
 
 class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):

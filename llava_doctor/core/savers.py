@@ -1,8 +1,9 @@
 """Writers that produce, from a core model, the files the real systems write (notes/transformers_llava.md §2-3).
 
-The core model keeps the original LLaVA module tree with transformers 5.x towers, so its
+The core model keeps the original LLaVA module tree with the running transformers' towers, so its
 ``state_dict()`` keys are ``model.embed_tokens.weight``, ``model.layers.{i}.*``, ``model.norm.weight``,
 ``lm_head.weight``, ``model.mm_projector.{0,2}.*``, ``model.vision_tower.vision_tower.<CLIP keys>``
+(``vision_model.`` first under transformers 4.x, as in LLaVA's own checkpoints; not under 5.x)
 and, for ``unpad`` merges, ``model.image_newline``. Each saver renames those keys to what one
 system writes on disk:
 
@@ -18,6 +19,7 @@ The key renamings are pure functions over names; torch/transformers are imported
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -46,6 +48,20 @@ def without_vision_model_level(tower_key: str) -> str:
     return tower_key[len("vision_model."):] if tower_key.startswith("vision_model.") else tower_key
 
 
+@functools.lru_cache(maxsize=None)
+def towers_have_vision_model_level() -> bool:
+    """Whether the running transformers' CLIPVisionModel / SiglipVisionModel keep the ``vision_model`` submodule
+    (4.x does; 5.x dropped it)."""
+    from .builder import transformers_major
+
+    return transformers_major() < 5
+
+
+def running_tower_key(tower_key: str) -> str:
+    """A CLIP/SigLIP key in either style, as the running transformers' tower names it."""
+    return with_vision_model_level(tower_key) if towers_have_vision_model_level() else without_vision_model_level(tower_key)
+
+
 def llava_original_key(key: str) -> str:
     """Core key -> the key haotian-liu/LLaVA writes under transformers 4.37 (tower gains ``vision_model.``)."""
     if key.startswith(CORE_TOWER):
@@ -54,9 +70,9 @@ def llava_original_key(key: str) -> str:
 
 
 def core_key(original_key: str) -> str:
-    """Inverse of `llava_original_key`: the key as the core model (transformers 5.x tower) names it."""
+    """Inverse of `llava_original_key`: the key as the core model (the running transformers' tower) names it."""
     if original_key.startswith(CORE_TOWER):
-        return CORE_TOWER + without_vision_model_level(original_key[len(CORE_TOWER):])
+        return CORE_TOWER + running_tower_key(original_key[len(CORE_TOWER):])
     return original_key
 
 
@@ -80,7 +96,7 @@ def core_key_from_xtuner(key: str) -> str | None:
     for prefix, core in (("visual_encoder.", CORE_TOWER), ("projector.model.", CORE_PROJECTOR), ("llm.", "")):
         if key.startswith(prefix):
             rest = key[len(prefix):]
-            return core + (without_vision_model_level(rest) if prefix == "visual_encoder." else rest)
+            return core + (running_tower_key(rest) if prefix == "visual_encoder." else rest)
     return None
 
 
@@ -101,10 +117,35 @@ def hf_memory_key(key: str) -> str | None:
     return None
 
 
+def hf_memory_key_4x(key: str) -> str | None:
+    """Core key -> transformers 4.x in-memory ``LlavaForConditionalGeneration`` key (4.x saves it as it is)."""
+    memory = hf_memory_key(key)
+    if memory is None:
+        return None
+    for five, four in (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
+                       ("model.", "")):
+        if memory.startswith(five):
+            return hf_disk_key_to_4x(four + memory[len(five):])
+    return memory
+
+
+def hf_memory_mapping(hf_model: Any) -> Callable[[str], str | None]:
+    """`hf_memory_key` for a transformers 5 ``Llava*ForConditionalGeneration`` (its parts under ``model.``),
+    `hf_memory_key_4x` for a 4.x one (its parts at the top)."""
+    return hf_memory_key if any(k.startswith("model.") for k in hf_model.state_dict()) else hf_memory_key_4x
+
+
 def hf_disk_key_to_4x(key: str) -> str:
     """transformers 5.x on-disk key -> the 4.x (llava-hf legacy) spelling: the tower regains ``vision_model.``."""
     if key.startswith("vision_tower."):
         return "vision_tower." + with_vision_model_level(key[len("vision_tower."):])
+    return key
+
+
+def hf_disk_key_to_5x(key: str) -> str:
+    """Inverse of `hf_disk_key_to_4x`: the tower loses ``vision_model.``."""
+    if key.startswith("vision_tower."):
+        return "vision_tower." + without_vision_model_level(key[len("vision_tower."):])
     return key
 
 
@@ -282,13 +323,13 @@ def wrap_lora(model: Any, *, r: int = 8, alpha: int = 16) -> Any:
 
 def _save_llava_lora(model: Any, out: Path, *, config: Any) -> Path:
     from peft import PeftModel
-    from peft.utils import get_peft_model_state_dict
 
     peft_model = model if isinstance(model, PeftModel) else wrap_lora(model)
     base = peft_model.get_base_model()
     write_llava_config(base, out, config=config)
-    # LLaVA: get_peft_state_maybe_zero_3(..., bias) -> model.save_pretrained(state_dict=...)
-    adapter_state = get_peft_model_state_dict(peft_model)
+    # LLaVA: get_peft_state_maybe_zero_3(named_parameters, bias="none") -> model.save_pretrained(state_dict=...);
+    # the names keep their adapter (`.default.`), which save_pretrained strips (peft 0.10 keeps only keys naming it)
+    adapter_state = {name: p.detach() for name, p in peft_model.named_parameters() if "lora_" in name}
     peft_model.save_pretrained(str(out), state_dict=adapter_state, safe_serialization=True)
     # LLaVA: get_peft_state_non_lora_maybe_zero_3(named_parameters, require_grad_only=True)
     non_lora = {name: p for name, p in peft_model.named_parameters() if "lora_" not in name and p.requires_grad}
@@ -375,15 +416,16 @@ def _text_model_type(core_config: Mapping[str, Any]) -> str:
     return "qwen2" if "qwen" in archs.lower() else "llama"
 
 
-def save_hf_native(model: Any, out_dir: str | os.PathLike, *, key_style: str = "5.x", config: Any = None,
+def save_hf_native(model: Any, out_dir: str | os.PathLike, *, key_style: str | None = None, config: Any = None,
                    vision_config: Any = None, image_token_index: int | None = None) -> Path:
     """Copy a core model into transformers' ``LlavaForConditionalGeneration`` and ``save_pretrained`` it.
 
     ``mm_projector.0/2 -> multi_modal_projector.linear_1/2``, LLM, lm_head and tower copied bit for bit.
-    ``key_style="4.x"`` rewrites the file to the 4.x on-disk spelling (``vision_tower.vision_model.*``),
-    the layout transformers <4.52 and llava-hf's legacy checkpoints use.
+    The file has the keys the running transformers writes unless ``key_style`` names one: ``"4.x"`` the 4.x
+    on-disk spelling (``vision_tower.vision_model.*``, the layout transformers <4.52 and llava-hf's legacy
+    checkpoints use; config.json as 4.37 writes it), ``"5.x"`` transformers 5's (``vision_tower.*``).
     """
-    if key_style not in ("5.x", "4.x"):
+    if key_style not in (None, "5.x", "4.x"):
         raise ValueError(f"key_style must be '5.x' or '4.x', not {key_style!r}")
     from transformers import LlavaForConditionalGeneration
 
@@ -397,7 +439,8 @@ def save_hf_native(model: Any, out_dir: str | os.PathLike, *, key_style: str = "
     if any(k.startswith(CORE_NEWLINE) for k in state):
         raise ValueError("model.image_newline has no place in LlavaForConditionalGeneration (LLaVA-NeXT layout)")
     hf_model = LlavaForConditionalGeneration(hf_config)
-    mapped = rename(state, hf_memory_key)
+    mapping = hf_memory_mapping(hf_model)
+    mapped = rename(state, mapping)
     if hf_config.tie_word_embeddings:
         mapped.pop("lm_head.weight", None)
     dtype = next(iter(mapped.values())).dtype
@@ -412,6 +455,8 @@ def save_hf_native(model: Any, out_dir: str | os.PathLike, *, key_style: str = "
         _rewrite_safetensors_keys(out / "model.safetensors", hf_disk_key_to_4x)
         config_path = out / "config.json"
         write_json(config_path, legacy_config(json.loads(config_path.read_text())))
+    elif key_style == "5.x" and mapping is hf_memory_key_4x:
+        _rewrite_safetensors_keys(out / "model.safetensors", hf_disk_key_to_5x)
     return out
 
 

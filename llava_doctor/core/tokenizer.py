@@ -39,8 +39,8 @@ def train_tokenizer(lines: list[str], vocab_size: int = VOCAB_SIZE):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.pre_tokenizer = metaspace(pre_tokenizers)
+    tokenizer.decoder = metaspace(decoders)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False, min_frequency=1
     )
@@ -52,12 +52,43 @@ def train_tokenizer(lines: list[str], vocab_size: int = VOCAB_SIZE):
     return tokenizer
 
 
+def metaspace(kind):
+    """``kind.Metaspace`` (``tokenizers.pre_tokenizers`` or ``tokenizers.decoders``) with ``▁`` and
+    ``prepend_scheme="first"`` on every ``tokenizers`` release: 0.15 (LLaVA's pin) serialises the field but
+    its constructor takes only ``add_prefix_space``, so there it is set through the serialised state."""
+    try:
+        return kind.Metaspace(replacement="▁", prepend_scheme="first")
+    except TypeError:
+        node = kind.Metaspace(replacement="▁", add_prefix_space=True)
+        node.__setstate__(json.dumps({"type": "Metaspace", "replacement": "▁", "add_prefix_space": True,
+                                      "prepend_scheme": "first"}).encode())
+        return node
+
+
+def portable_tokenizer_json(data: dict) -> dict:
+    """The same tokenizer in the serialisation every `tokenizers` release since 0.15 reads (LLaVA pins 0.15.1):
+    Metaspace with `add_prefix_space` beside `prepend_scheme` and without 0.19's `split` (True, the old
+    behaviour, is its default), BPE merges as "a b" strings (0.20+ writes pairs; it reads both)."""
+    for key in ("pre_tokenizer", "decoder"):
+        node = data.get(key) or {}
+        if node.get("type") == "Metaspace":
+            data[key] = {"type": "Metaspace", "replacement": node["replacement"], "add_prefix_space": True,
+                         "prepend_scheme": node.get("prepend_scheme", "always")}
+    model = data.get("model") or {}
+    model["merges"] = [" ".join(pair) if isinstance(pair, list) else pair for pair in model.get("merges", [])]
+    for legacy_unknown in ("ignore_merges",):  # a 0.19 field 0.15 rejects; False is the old behaviour
+        if model.get(legacy_unknown) is False:
+            model.pop(legacy_unknown)
+    return data
+
+
 def write_tokenizer(out_dir: str | Path, vocab_size: int = VOCAB_SIZE) -> Path:
     """Train on the embedded corpus and save tokenizer.json + tokenizer_config.json + special_tokens_map.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(tokenizer_corpus(), vocab_size)
-    tokenizer.save(str(out_dir / "tokenizer.json"), pretty=True)
+    portable = portable_tokenizer_json(json.loads(tokenizer.to_str()))
+    (out_dir / "tokenizer.json").write_text(json.dumps(portable, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",

@@ -132,11 +132,11 @@ def _run(config: TrainConfig, dataset, step_fn, *, rank: int, world_size: int, c
         result.losses.append(loss)
         result.grad_norms.append(grad_norm)
         window.add(step, loss, grad_norm, learning_rate)
-        if on_step is not None:
-            on_step(step, loss, grad_norm, batch)
-    result.global_step = config.steps
-    result.epoch = round(config.steps / steps_per_epoch, 4)
-    result.log_history.append({"epoch": result.epoch, "step": config.steps, "train_loss": _mean_finite(result.losses)})
+        result.global_step = step
+        if on_step is not None and on_step(step, loss, grad_norm, batch) is True:
+            break  # the hook asked to stop (LlavaDoctorCallback.observe_step with on_problem="stop")
+    result.epoch = round(result.global_step / steps_per_epoch, 4)
+    result.log_history.append({"epoch": result.epoch, "step": result.global_step, "train_loss": _mean_finite(result.losses)})
     return result
 
 
@@ -148,7 +148,8 @@ def _mean_finite(values: Sequence[float]) -> float:
 def train(model, dataset, config: TrainConfig | None = None, *, collate_fn=None, on_step=None) -> TrainResult:
     """Plain PyTorch loop over the parameters that require grad (AdamW, warmup+cosine, grad clipping).
 
-    `on_step(step, loss, grad_norm, batch)` is called after every optimizer step.
+    `on_step(step, loss, grad_norm, batch)` is called after every optimizer step; returning True ends
+    training after that step.
     """
     config = config or TrainConfig()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -239,7 +240,11 @@ def build_zero3_model(factory: Callable[[], Any], ds_config: dict[str, Any]):
     copied in through a gather: the ZeRO-3 model starts exactly where the plain and ZeRO-2 ones do.
     """
     import deepspeed
-    from transformers.initialization import no_init_weights
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x keeps it in modeling_utils
+        from transformers.modeling_utils import no_init_weights
 
     from .vision import load_weights
 

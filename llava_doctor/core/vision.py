@@ -25,6 +25,9 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 _MODEL_TYPES = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
+# full CLIP / SigLIP folders (hub towers such as openai/clip-vit-large-patch14-336) whose config nests vision_config
+_FULL_MODEL_TYPES = {"clip": "clip", "siglip": "siglip"}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def _classes(kind: str):
@@ -36,14 +39,55 @@ def _classes(kind: str):
 def tower_kind(folder: str | Path) -> str:
     """'clip' or 'siglip' from the folder's config.json model_type (not from its name)."""
     model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
-    if model_type not in _MODEL_TYPES:
-        raise ValueError(f"{folder}: unsupported vision model_type {model_type!r} (known: {', '.join(_MODEL_TYPES)})")
-    return _MODEL_TYPES[model_type]
+    kinds = {**_MODEL_TYPES, **_FULL_MODEL_TYPES}
+    if model_type not in kinds:
+        raise ValueError(f"{folder}: unsupported vision model_type {model_type!r} (known: {', '.join(kinds)})")
+    return kinds[model_type]
 
 
 def read_vision_config(folder: str | Path):
     config_class, _ = _classes(tower_kind(folder))
     return config_class.from_pretrained(str(folder), local_files_only=True)
+
+
+def read_image_processor(folder: str | Path, vision_config):
+    """The tower's image processor, as LLaVA's ``load_model`` sets ``self.image_processor``: the folder's
+    preprocessor_config.json when it has one; otherwise (the core's own towers) the core's preprocessing
+    (``data.image_to_tensor``: mean and std 0.5) at the tower's image size."""
+    import transformers
+
+    kind = tower_kind(folder)
+    name = "CLIPImageProcessor" if kind == "clip" else "SiglipImageProcessor"
+    # transformers 5 without torchvision: the PIL classes (the plain names warn, then fall back to them)
+    processor_class = getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
+    if (Path(folder) / "preprocessor_config.json").is_file():
+        return processor_class.from_pretrained(str(folder), local_files_only=True)
+    side = vision_config.image_size
+    if kind == "clip":
+        return processor_class(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                               image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return processor_class(size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
+def read_tower_weights(folder: str | Path, expected: list[str]) -> dict[str, torch.Tensor]:
+    """The vision weights of a tower folder keyed as the built model names them: the core's own single
+    file, or a hub CLIP/SigLIP folder (``pytorch_model.bin`` read with ``weights_only``; a full model's text
+    half dropped; the 4.x ``vision_model.`` level added or removed to match this transformers)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    path = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+    if path is None:
+        raise ValueError(f"{folder}: no tower weights ({' or '.join(WEIGHT_FILES)})")
+    state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    wanted = set(expected)
+    out = {}
+    for key, tensor in state.items():
+        for candidate in (key, key.removeprefix("vision_model."), f"vision_model.{key}"):
+            if candidate in wanted:
+                out[candidate] = tensor
+                break
+    return out
 
 
 def build_base_vision_tower(out_dir: str | Path, vision_config, seed: int = 0, pretrain_steps: int = 0) -> Path:
@@ -147,16 +191,23 @@ class VisionTower(nn.Module):
         if self.is_loaded:
             logger.warning("%s is already loaded, `load_model` called again, skipping.", self.vision_tower_name)
             return
-        from safetensors.torch import load_file
-
         folder = Path(self.vision_tower_name)
         _, model_class = _classes(self.kind)
         model = model_class(read_vision_config(folder))
         if not next(model.parameters()).is_meta:  # inside an outer from_pretrained the checkpoint fills it instead
-            load_weights(model, load_file(str(folder / "model.safetensors")))
+            load_weights(model, read_tower_weights(folder, list(model.state_dict())))
         model.requires_grad_(False)
         self.vision_tower = model
         self.is_loaded = True
+
+    @property
+    def image_processor(self):
+        """LLaVA's ``vision_tower.image_processor`` (set by ``load_model``); built on first use."""
+        if not self.is_loaded:
+            raise AttributeError(f"vision tower {self.vision_tower_name} is not loaded: it has no image_processor yet")
+        if getattr(self, "_image_processor", None) is None:
+            self._image_processor = read_image_processor(self.vision_tower_name, self.config)
+        return self._image_processor
 
     @property
     def config(self):

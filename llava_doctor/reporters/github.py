@@ -1,4 +1,4 @@
-"""`--format github`: GitHub Actions workflow commands (annotations)."""
+"""`--format github`: GitHub Actions workflow commands (annotations); an unreadable input is an `::error`."""
 from __future__ import annotations
 
 from ..findings import Severity
@@ -26,4 +26,6 @@ class GithubReporter(Reporter):
                 f"::{_COMMAND[f.severity]} file={_escape_property(f.artifact)},title={_escape_property(title)}::"
                 f"{_escape_data(f.message + (' Fix: ' + f.fix if f.fix else ''))}"
             )
+        for artifact, message in report.input_errors:
+            lines.append(f"::error file={_escape_property(artifact)},title=unreadable input::{_escape_data(message)}")
         return "\n".join(lines)

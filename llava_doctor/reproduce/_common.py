@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,25 +13,13 @@ TOWERS = "towers"  # the base vision tower(s) a scenario's config.json points at
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silence transformers' progress bars/load reports and DeepSpeed's banner while a scenario builds."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    from transformers.utils import logging as hf_logging
+    """Silence transformers' progress bars/load reports and DeepSpeed's banner while a scenario builds
+    (the libraries' state is restored afterwards; llava-doctor's own warnings stay visible)."""
+    from ..quiet import quiet_libraries
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    ds_logger = logging.getLogger("DeepSpeed")
-    ds_level = ds_logger.level
-    ds_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
-        ds_logger.setLevel(ds_level)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    with quiet_libraries():
+        yield
 
 
 def tiny_model(out: Path, *, seed: int = 0, pretrained_tower: bool = False, **config_kwargs: Any):

@@ -49,8 +49,9 @@ def make(out: Path, fixed: bool) -> dict[str, Any]:
 def _pth_to_hf(model, state) -> str | None:
     """XTuner's `--save-format huggingface` step: the .pth mapped onto LlavaForConditionalGeneration, strict load.
 
-    Recreated with transformers 5.x in-memory names (XTuner ran on 4.x, where the keys read
-    ``vision_tower.vision_model.*``); the failure is the same strict load of a state dict without the tower.
+    Recreated with the running transformers' in-memory names (XTuner ran on 4.x, where the keys read
+    ``vision_tower.vision_model.*``; 5.x reads ``model.vision_tower.*``): the same strict load of a state dict
+    without the tower.
     """
     from transformers import LlavaForConditionalGeneration
 
@@ -59,10 +60,11 @@ def _pth_to_hf(model, state) -> str | None:
     config = savers.config_dict(model)
     vision = savers.config_dict(None, model.get_vision_tower().config)
     hf_model = LlavaForConditionalGeneration(savers.hf_llava_config(config, vision, image_token_index=config["image_token_index"]))
+    mapping = savers.hf_memory_mapping(hf_model)
     mapped = {}
     for key, value in state.items():
         core = savers.core_key_from_xtuner(key)
-        hf_key = savers.hf_memory_key(core) if core else None
+        hf_key = mapping(core) if core else None
         if hf_key:
             mapped[hf_key] = value
     try:

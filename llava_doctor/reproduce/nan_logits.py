@@ -96,6 +96,7 @@ def make(out: Path, fixed: bool) -> dict[str, Any]:
         with torch.no_grad():
             hidden = model(input_ids=prompt, images=image, output_hidden_states=True).hidden_states
         savers.save_llava_original(model, out / "model")
+        tok.save_pretrained(str(out / "model"))  # LLaVA's trainer saves the tokenizer beside the weights
         write_png(out / "image.png", sample.image)
     generation = {
         "dtype": str(dtype).replace("torch.", ""),
@@ -135,7 +136,7 @@ SCENARIO = Scenario(
         float16, as `--fp16 True` or torch_dtype=torch.float16 at inference does, and asked to describe
         image.png greedily. The hidden states pass 65504, become inf, the next RMSNorm turns inf/inf into
         NaN, the logits are all NaN, and argmax of an all-NaN row is index 0. generation.json records the
-        ids; model/ holds the float16 weights (all finite).""",
+        ids; model/ holds the float16 weights (all finite) and the tokenizer.""",
     fixed="""
         The same weights in bfloat16 (same exponent range as float32): the hidden states stay finite and the
         model answers in words (bfloat16 rounding may change a word against float32; both answers are in

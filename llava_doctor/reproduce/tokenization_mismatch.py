@@ -11,17 +11,18 @@ from ._common import quiet
 RECIPE = "llava-1.5"  # haotian-liu/LLaVA at the v1.5 release (llava_doctor.templates.recipes)
 BROKEN_TEMPLATE, FIXED_TEMPLATE = "v1", "chatml_direct"
 SAMPLES = 32
-VOCAB_SIZE = 420
+VOCAB_SIZE = 640
 SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "<image>", "<|im_start|>", "<|im_end|>")
 
 
 def write_chatml_tokenizer(out_dir: Path) -> Path:
-    """A Yi-style tokenizer built like the bundled one: BPE + Metaspace on the embedded dataset's text, but
-    ChatML specials and no BOS added, as Yi/Qwen-family tokenizers do. The templates' system prompts are in
-    the corpus so that nothing tokenizes to <unk>."""
+    """A Qwen-style tokenizer: byte-level BPE on the embedded dataset's text, ChatML specials and no BOS added,
+    as Qwen/Yi-family tokenizers do. Byte-level, like Qwen's, so that it tokenizes the same under every
+    `tokenizers` release (a Metaspace one prepends `▁` after special tokens under tokenizers 0.15, LLaVA's pin,
+    and the ChatML fix would then drop samples too). The templates' system prompts are in the corpus."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from ..core.tokenizer import tokenizer_corpus
+    from ..core.tokenizer import portable_tokenizer_json, tokenizer_corpus
     from ..templates.conversation import get_template
 
     lines = tokenizer_corpus()
@@ -29,12 +30,14 @@ def write_chatml_tokenizer(out_dir: Path) -> Path:
         template = get_template(name)
         lines.append(" ".join([template.system, *template.roles, template.sep or "", template.sep2 or ""]))
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    tokenizer.train_from_iterator(lines, trainer=trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=list(SPECIALS),
-                                                                     show_progress=False, min_frequency=1))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(lines, trainer=trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, special_tokens=list(SPECIALS), show_progress=False, min_frequency=1,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(out_dir / "tokenizer.json"), pretty=True)
+    portable = portable_tokenizer_json(json.loads(tokenizer.to_str()))  # readable by tokenizers 0.15 too
+    (out_dir / "tokenizer.json").write_text(json.dumps(portable, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
                 "additional_special_tokens": ["<image>", "<|im_start|>", "<|im_end|>"]}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", **specials, "add_bos_token": False, "add_eos_token": False,

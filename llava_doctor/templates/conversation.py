@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 IMAGE_TOKEN = "<image>"
 HUMAN, GPT = 0, 1
@@ -69,8 +69,7 @@ class Template:
         return tuple(dict.fromkeys(found))
 
 
-@dataclass(frozen=True)
-class Span:
+class Span(NamedTuple):
     """One message in rendered text: characters [start, end) plus its end-of-turn text [end, end_stop)."""
 
     turn: int
@@ -109,8 +108,15 @@ _LLAMA_2_SYSTEM = (
     "If a question does not make any sense, or is not factually coherent, explain why instead of answering "
     "something not correct. If you don't know the answer to a question, please don't share false information."
 )
+_MMTAG_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant is able to understand the visual content that the user provides, and assist the user with a "
+    "variety of tasks using natural language."
+    "The visual content will be provided with the following format: <Image>visual content</Image>."
+)
 _CHATML_ROLES = ("<|im_start|>user\n", "<|im_start|>assistant\n")
 _NEXT = frozenset({"llava-next"})
+_HAOTIAN = frozenset({"llava-1.5", "llava"})
 
 
 def _templates() -> dict[str, Template]:
@@ -155,6 +161,26 @@ def _templates() -> dict[str, Template]:
         "gemma_instruct", "", ("<start_of_turn>user\n", "<start_of_turn>model\n"), SepStyle.GEMMA,
         "<end_of_turn>\n", version="gemma", codebases=_NEXT,
     )
+    v0_mmtag = Template("v0_mmtag", _MMTAG_SYSTEM, ("Human", "Assistant"), SepStyle.SINGLE, "###", version="v0_mmtag")
+    v1_mmtag = Template("v1_mmtag", _MMTAG_SYSTEM, ("USER", "ASSISTANT"), SepStyle.TWO, " ", "</s>", "v1_mmtag")
+    llava_llama_2_simple = Template(
+        "llava_llama_2_simple", "Answer the questions about the visual content that the user provides.",
+        ("USER", "ASSISTANT"), SepStyle.LLAMA_2, "<s>", "</s>", "llama_v2", codebases=_NEXT,
+    )
+    llava_llama_2_mmtag = Template(
+        "llava_llama_2_mmtag", "Answer the questions about the visual content that the user provides."
+        "The visual content will be provided with the following format: <Image>visual content</Image>.",
+        ("USER", "ASSISTANT"), SepStyle.LLAMA_2, "<s>", "</s>", "llama_v2_mmtag", codebases=_NEXT,
+    )
+    mistral_orca = Template(
+        "mistral_orca", "<|im_start|>system\nYou are MistralOrca, a large language model trained by Alignment Lab AI. "
+        "Write out your reasoning step-by-step to be sure you get the right answers!", _CHATML_ROLES, SepStyle.MPT,
+        "<|im_end|>", version="mpt", codebases=_NEXT,
+    )
+    mistral_zephyr = Template(
+        "mistral_zephyr", "<|system|>\nYou are a helpful AI assistant.", ("<|user|>\n", "<|assistant|>\n"),
+        SepStyle.MPT, "</s>", version="mpt", codebases=_NEXT,
+    )
     table = {
         "default": vicuna_v0,
         "v0": vicuna_v0,
@@ -170,6 +196,14 @@ def _templates() -> dict[str, Template]:
         "llava_v0": llava_v0,
         "llava_v1": llava_v1,
         "llava_llama_2": llava_llama_2,
+        "v0_mmtag": _renamed(v0_mmtag, codebases=_HAOTIAN),
+        "v1_mmtag": _renamed(v1_mmtag, codebases=_HAOTIAN),
+        "llava_v0_mmtag": _renamed(v0_mmtag, codebases=_NEXT),
+        "llava_v1_mmtag": _renamed(v1_mmtag, codebases=_NEXT),
+        "llava_llama_2_simple": llava_llama_2_simple,
+        "llava_llama_2_mmtag": llava_llama_2_mmtag,
+        "mistral_orca": mistral_orca,
+        "mistral_zephyr": mistral_zephyr,
         "mpt": mpt,
         "qwen_1_5": qwen,
         "qwen_2": qwen,
@@ -246,13 +280,15 @@ def render(template: Template | str, messages: Sequence[str]) -> Rendered:
     parts = [_head(t)]
     pos = len(parts[0])
     spans = []
+    learned_end = t.learned_end
+    plain = t.sep_style is SepStyle.PLAIN
     for i, message in enumerate(messages):
         before, shown, after = _turn_pieces(t, i, i % 2, message)
-        if t.sep_style is SepStyle.PLAIN and i == 0:
+        if plain and i == 0:
             after = ""
         start = pos + len(before)
         end = start + len(shown)
-        learned = len(t.learned_end) if shown and after.startswith(t.learned_end) else 0
+        learned = len(learned_end) if shown and after.startswith(learned_end) else 0
         spans.append(Span(i, i % 2, start, end, end + learned))
         parts.append(before + shown + after)
         pos += len(before) + len(shown) + len(after)

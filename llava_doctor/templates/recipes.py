@@ -3,8 +3,11 @@
 A recipe predicts, for one conversation and the user's real tokenizer, what the training code's
 ``preprocess`` returns: input ids, labels, whether it prints ``WARNING: tokenization mismatch: X vs. Y``
 (and then masks every label), the per-round lengths it summed, or where it would raise instead.
+It follows the environment it runs in: the tokenizer object's own behaviour (its class, ``legacy``,
+what ``apply_chat_template`` returns, whether ``additional_special_tokens_ids`` exists) and the
+installed ``tokenizers`` version decide, as they decide for the training code.
 
-Codebases modelled (read from their public source, re-expressed here):
+Codebases modelled (read from their public source, re-expressed here; see `codebase`):
 - ``llava-1.5``: haotian-liu/LLaVA at the v1.5 release (before commit 879ef31): no ``legacy``
   corrections; ``preprocess_mpt`` always uses ``tokenizer_image_token`` and adds the separator's
   length to every round.
@@ -13,6 +16,9 @@ Codebases modelled (read from their public source, re-expressed here):
 - ``llava-next``: LLaVA-NeXT: the same functions (``preprocess_mpt`` starts counting at 1), plus
   ``preprocess_qwen`` / ``preprocess_llama3`` (per-turn chat templates, fixed unmask ids, no
   mismatch check) and ``preprocess_gemma``.
+
+Lengths of rounds and instructions come from `PromptTokens` (derived from the prompt's own
+tokenization where exact, see `tokenize`); labels are masked with slices, never per token.
 """
 from __future__ import annotations
 
@@ -20,14 +26,21 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .conversation import IMAGE_TOKEN, SepStyle, Template, get_template, render
-from .tokenize import IGNORE_INDEX, IMAGE_TOKEN_INDEX, Encoder, image_token_ids, image_token_length, special_split_ids
+from .codebase import (
+    CODEBASES, QWEN_CHAT_TEMPLATE, chat_template_ids_problem, check_codebase, choose_template, pad_decision,
+    plain_pairs, preprocess_multimodal, resolve_template, tokenizers_at_least_0_14, vision_tokens,
+)
+from .conversation import IMAGE_TOKEN, SepStyle, Template, render
+from .tokenize import IGNORE_INDEX, IMAGE_TOKEN_INDEX, Encoder, PromptTokens, positions
 
-CODEBASES = ("llava-1.5", "llava", "llava-next")
+__all__ = [
+    "CODEBASES", "Facts", "MISSING", "Recipe", "RecipeResult", "Round", "TrainingCodeCrash", "get_recipe",
+    "pad_decision", "resolve_template", "setup_tokenizer", "shared_setup", "tokenizers_at_least_0_14",
+]
 ROLE_KEYS = ("human", "gpt")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Round:
     """One round of the training code's arithmetic (what it summed into cur_len)."""
 
@@ -59,6 +72,10 @@ class RecipeResult:
     intentional_unmask: frozenset = frozenset()  # ids the code unmasks on purpose everywhere
     image_split: bool = False  # the prompt went through tokenizer_image_token
     rendered: Any = None  # the template's Rendered prompt (text + message spans), full-prompt recipes
+    prompt: Any = None  # the PromptTokens of `text` (full-prompt recipes)
+    turn_encode: Any = None  # per-turn recipes: the Encoder of the tokenizer the code tokenizes each turn with
+    image_replaced: int | None = None  # per-turn recipes: the id whose positions became IMAGE_TOKEN_INDEX
+    warning_format: str = "WARNING: tokenization mismatch: {0} vs. {1}. (ignored)"
 
     @property
     def round_lengths(self) -> list[int]:
@@ -70,147 +87,114 @@ class RecipeResult:
 
     @property
     def supervised(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+        return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
     @property
     def warning(self) -> str | None:
         if self.mismatch is None:
             return None
-        return f"WARNING: tokenization mismatch: {self.mismatch[0]} vs. {self.mismatch[1]}. (ignored)"
+        return self.warning_format.format(*self.mismatch, len(self.rounds))
 
 
 class TrainingCodeCrash(Exception):
     """Where the modelled training code would raise; the message names the exception it raises."""
 
 
-def tokenizers_at_least_0_14() -> bool:
-    import tokenizers
-
-    parts = tokenizers.__version__.split(".")
-    return (int(parts[0]), int(parts[1])) >= (0, 14)
-
-
-def resolve_template(codebase: str, name: str) -> tuple[Template, str | None]:
-    """The conversation the training code really uses for ``--version name`` (and a note when it is
-    not the template of that name)."""
-    if codebase not in CODEBASES:
-        raise KeyError(f"unknown recipe {codebase!r}; known: {', '.join(CODEBASES)}")
-    if name == "v0":
-        # train.py adds a [PAD] token for v0 and leaves default_conversation alone: vicuna_v1 in
-        # LLaVA, vicuna_v0 in LLaVA-NeXT.
-        return (get_template("v1"), "--version v0 keeps LLaVA's default conversation (vicuna_v1)") if codebase != "llava-next" else (get_template("v0"), None)
-    template = get_template(name) if name in _known_names() else None
-    if template is None or codebase not in template.codebases:
-        fallback = get_template("vicuna_v1")
-        return fallback, f"{codebase} has no template {name!r}: its train.py silently uses vicuna_v1"
-    return template, None
-
-
-def _known_names() -> set[str]:
-    from .conversation import TEMPLATES
-
-    return set(TEMPLATES)
-
-
-def pad_decision(tokenizer: Any, codebase: str, template: str, pad_token: str | None = None) -> tuple[str, Any]:
-    """What the recipe's train.py does to the pad token: ("add", "[PAD]") or ("set", value)."""
-    if pad_token is not None:
-        return ("set", pad_token)
-    if template == "v0":
-        return ("add", "[PAD]") if tokenizer.pad_token is None else ("set", tokenizer.pad_token)
-    if template == "v0.5" or codebase != "llava-next" or tokenizer.unk_token is not None:
-        return ("set", tokenizer.unk_token)
-    return ("set", tokenizer.pad_token)
+# --- tokenizer set-up --------------------------------------------------------------------------
 
 
 def setup_tokenizer(tokenizer: Any, recipe: "Recipe | str", template: str, pad_token: str | None = None, *,
-                    max_length: int | None = None) -> Any:
+                    max_length: int | None = None, vision: tuple[str, ...] = ()) -> Any:
     """A copy of `tokenizer` configured the way the recipe's train.py configures it.
 
     LLaVA: ``--version v0`` adds a ``[PAD]`` token when there is none; every other version sets
     ``pad_token = unk_token`` (None for tokenizers without unk, e.g. Llama-3, Qwen). LLaVA-NeXT only
-    does so when an unk token exists. `pad_token` then states the pad the user's run really uses.
+    does so when an unk token exists. `pad_token` then states the pad the user's run really uses;
+    `vision` the tokens ``initialize_vision_tokenizer`` adds (see `codebase.vision_tokens`).
     """
     codebase = recipe.name if isinstance(recipe, Recipe) else recipe
-    return _apply(copy.deepcopy(tokenizer), pad_decision(tokenizer, codebase, template, pad_token), max_length)
+    return _apply(copy.deepcopy(tokenizer), pad_decision(tokenizer, codebase, template, pad_token), max_length, vision)
 
 
-def _apply(tok: Any, decision: tuple[str, Any], max_length: int | None) -> Any:
+def _apply(tok: Any, decision: tuple[str, Any], max_length: int | None, vision: tuple[str, ...] = ()) -> Any:
     action, value = decision
     if action == "add":
         tok.add_special_tokens({"pad_token": value})
     elif tok.pad_token != value:
         tok.pad_token = value
+    if vision:
+        tok.add_tokens(list(vision), special_tokens=True)
     if max_length is not None:
         tok.model_max_length = max_length
     return tok
 
 
+class PadView:
+    """The user's tokenizer as train.py leaves it when it only *sets* ``pad_token`` (and
+    ``model_max_length``): every other attribute and call goes to the tokenizer itself, which is
+    never modified. Saves the deep copy (about a second for a 150k-entry vocabulary) wherever the
+    vocabulary does not change."""
+
+    def __init__(self, base: Any, pad_token: Any, max_length: int | None) -> None:
+        self.__dict__["base"] = base
+        self.__dict__["pad_token"] = pad_token
+        self.__dict__["pad_token_id"] = None if pad_token is None else base.convert_tokens_to_ids(pad_token)
+        self.__dict__["model_max_length"] = max_length if max_length is not None else base.model_max_length
+        self.__dict__["class_name"] = getattr(base, "class_name", type(base).__name__)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["base"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only ({name})")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__dict__["base"](*args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.__dict__["base"])
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        return _apply(copy.deepcopy(self.__dict__["base"], memo), ("set", self.pad_token), self.model_max_length)
+
+
 _SHARED: dict[tuple, tuple[Any, Any]] = {}
+_VISION: dict[tuple, tuple[Any, Any]] = {}
+
+
+def _with_vision(tokenizer: Any, vision: tuple[str, ...]) -> Any:
+    """`tokenizer`, or a shared copy with ``initialize_vision_tokenizer``'s tokens added."""
+    if not vision:
+        return tokenizer
+    key = (id(tokenizer), vision)
+    hit = _VISION.get(key)
+    if hit is not None and hit[0] is tokenizer:
+        return hit[1]
+    if len(_VISION) >= 32:
+        _VISION.clear()
+    copied = copy.deepcopy(tokenizer)
+    copied.add_tokens(list(vision), special_tokens=True)
+    _VISION[key] = (tokenizer, copied)
+    return copied
 
 
 def shared_setup(tokenizer: Any, codebase: str, template: str, pad_token: str | None = None, *,
-                 max_length: int | None = None) -> Any:
-    """Like `setup_tokenizer`, but copies are shared between calls with the same outcome (deep-copying
-    a 150k-entry tokenizer takes about a second). For the audit's own read-only use."""
+                 max_length: int | None = None, vision: tuple[str, ...] = ()) -> Any:
+    """Like `setup_tokenizer`, for the audit's own read-only use: a `PadView` where train.py only sets
+    the pad token, else a deep copy shared between calls with the same outcome."""
     decision = pad_decision(tokenizer, codebase, template, pad_token)
-    key = (id(tokenizer), decision, max_length)
+    if decision[0] == "set":
+        # the vision tokens come after the pad is set, and setting it adds no token: one copy per vision set-up
+        return PadView(_with_vision(tokenizer, tuple(vision)), decision[1], max_length)
+    key = (id(tokenizer), decision, max_length, tuple(vision))
     hit = _SHARED.get(key)
     if hit is not None and hit[0] is tokenizer:
         return hit[1]
     if len(_SHARED) >= 16:
         _SHARED.clear()
-    configured = _apply(copy.deepcopy(tokenizer), decision, max_length)
+    configured = _apply(copy.deepcopy(tokenizer), decision, max_length, tuple(vision))
     _SHARED[key] = (tokenizer, configured)
     return configured
-
-
-@dataclass(frozen=True)
-class Facts:
-    """What the arithmetic needs to know about the (set-up) tokenizer."""
-
-    bos_id: int | None
-    pad_id: int | None
-    legacy: Any  # the `legacy` attribute, or MISSING
-    max_length: int
-    extra_special_ids: tuple[int, ...]
-    unk_id: int | None
-
-    @classmethod
-    def of(cls, tokenizer: Any, max_length: int | None = None) -> "Facts":
-        legacy = getattr(tokenizer, "legacy", MISSING)
-        extra = getattr(tokenizer, "additional_special_tokens_ids", None)
-        if extra is None:
-            extra = [tokenizer.convert_tokens_to_ids(n) for n in additional_special_tokens(tokenizer)]
-        limit = max_length if max_length is not None else tokenizer.model_max_length
-        return cls(tokenizer.bos_token_id, tokenizer.pad_token_id, legacy, int(min(limit, 10**12)),
-                   tuple(extra), tokenizer.unk_token_id)
-
-
-def additional_special_tokens(tokenizer: Any) -> list[str]:
-    """What transformers 4.x (which LLaVA-NeXT pins) lists as `additional_special_tokens`: only the
-    entries of that name in the tokenizer folder's special_tokens_map.json / tokenizer_config.json.
-    transformers 5 dropped the attribute; its `extra_special_tokens` also holds bos/eos for some
-    tokenizers, so it is only the fallback for tokenizers that were not loaded from a folder."""
-    import json
-    from pathlib import Path
-
-    folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
-    if folder.is_dir():
-        for name in ("special_tokens_map.json", "tokenizer_config.json"):
-            path = folder / name
-            try:
-                data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and "additional_special_tokens" in data:
-                items = data["additional_special_tokens"] or []
-                return [i["content"] if isinstance(i, dict) else str(i) for i in items]
-        return []
-    names = getattr(tokenizer, "extra_special_tokens", None) or []
-    if isinstance(names, dict):
-        names = list(names.values())
-    return [str(n) for n in names]
 
 
 class _Missing:
@@ -221,24 +205,31 @@ class _Missing:
 MISSING = _Missing()
 
 
-def prepare_messages(conversation: list[dict], codebase: str, has_image: bool) -> list[tuple[Any, str]]:
-    """(from, value) pairs after ``preprocess_multimodal`` (run only for samples with an image)."""
-    pairs = []
-    for turn in conversation:
-        value = str(turn.get("value", ""))
-        if has_image and IMAGE_TOKEN in value:
-            if codebase == "llava-next":
-                if value.count(IMAGE_TOKEN) == 1 and not value.startswith(IMAGE_TOKEN):
-                    value = (IMAGE_TOKEN + "\n" + value.replace(IMAGE_TOKEN, "").strip()).strip()
-            else:
-                value = (IMAGE_TOKEN + "\n" + value.replace(IMAGE_TOKEN, "").strip()).strip()
-        pairs.append((turn.get("from"), value))
-    return pairs
+@dataclass(frozen=True)
+class Facts:
+    """What the arithmetic needs to know about the (set-up) tokenizer."""
+
+    bos_id: int | None
+    pad_id: int | None
+    legacy: Any  # the `legacy` attribute, or MISSING
+    max_length: int
+    extra_special_ids: Any  # `additional_special_tokens_ids` (transformers 4), or MISSING (transformers 5)
+    unk_id: int | None
+    class_name: str = ""
+
+    @classmethod
+    def of(cls, tokenizer: Any, max_length: int | None = None) -> "Facts":
+        legacy = getattr(tokenizer, "legacy", MISSING)
+        extra = getattr(tokenizer, "additional_special_tokens_ids", MISSING)
+        limit = max_length if max_length is not None else tokenizer.model_max_length
+        return cls(tokenizer.bos_token_id, tokenizer.pad_token_id, legacy, int(min(limit, 10**12)),
+                   tuple(extra) if isinstance(extra, (list, tuple)) else MISSING, tokenizer.unk_token_id,
+                   getattr(tokenizer, "class_name", None) or type(tokenizer).__name__)
 
 
 def _alternating(pairs: list[tuple[Any, str]]) -> list[str]:
-    """The role handling of ``preprocess_v1/_mpt/_llama_2/_gemma``: skip a leading gpt turn, then
-    ``assert role == conv.roles[j % 2]``."""
+    """The role handling of ``preprocess_v1/_mpt/_llama_2/_gemma``: ``roles[source[0]["from"]]``,
+    skip a leading gpt turn, then ``assert role == conv.roles[j % 2]``."""
     if not pairs:
         raise TrainingCodeCrash("IndexError: list index out of range (empty conversation)")
     for role, _ in pairs:
@@ -254,32 +245,33 @@ def _alternating(pairs: list[tuple[Any, str]]) -> list[str]:
     return [m for _, m in pairs]
 
 
-def _render_alternating(result: RecipeResult, pairs: list[tuple[Any, str]], t: Template) -> str:
-    """The shared start of preprocess_v1/_mpt/_gemma: role checks, then the prompt as the template renders it."""
-    result.messages = _alternating(pairs)
-    result.rendered = render(t, result.messages)
-    return result.rendered.text
-
-
 @dataclass(frozen=True)
 class Recipe:
     name: str
 
     def preprocess(self, conversation: list[dict], tokenizer: Any, template: str, *, has_image: bool,
-                   max_length: int | None = None, encoder: Encoder | None = None) -> RecipeResult:
+                   max_length: int | None = None, encoder: Encoder | None = None,
+                   mm_use_im_start_end: bool = False) -> RecipeResult:
         encode = encoder if encoder is not None else Encoder(tokenizer)
         facts = Facts.of(tokenizer, max_length)
-        return self.run(conversation, encode, facts, template, has_image=has_image, tokenizer=tokenizer)
+        return self.run(conversation, encode, facts, template, has_image=has_image, tokenizer=tokenizer,
+                        mm_use_im_start_end=mm_use_im_start_end)
 
     def run(self, conversation: list[dict], encode: Encoder, facts: Facts, template: str, *, has_image: bool,
-            tokenizer: Any) -> RecipeResult:
-        used, _ = resolve_template(self.name, template)
+            tokenizer: Any, mm_use_im_start_end: bool = False) -> RecipeResult:
+        used = choose_template(self.name, template).template
         result = RecipeResult(template=used.name)
         try:
-            pairs = prepare_messages(conversation, self.name, has_image)
+            if has_image:
+                pairs = preprocess_multimodal(conversation, self.name, used.version,
+                                              mm_use_im_start_end=mm_use_im_start_end)
+            else:
+                pairs = plain_pairs(conversation)
             function = self.function_for(used)
             result.function = function.__name__.lstrip("_")
             function(self, result, pairs, used, encode, facts, has_image, tokenizer)
+        except _Recorded:
+            pass
         except TrainingCodeCrash as crash:
             result.crash = str(crash)
             result.input_ids, result.labels, result.mismatch = [], [], None
@@ -309,7 +301,7 @@ RECIPES = {name: Recipe(name) for name in CODEBASES}
 
 def get_recipe(name: str) -> Recipe:
     try:
-        return RECIPES[name]
+        return RECIPES[check_codebase(name)]
     except KeyError:
         raise KeyError(f"unknown recipe {name!r}; known: {', '.join(CODEBASES)}") from None
 
@@ -327,23 +319,49 @@ def _require_pad(facts: Facts, has_image: bool = True) -> None:
         )
 
 
-def _full_ids(result: RecipeResult, text: str, encode: Encoder, facts: Facts, has_image: bool) -> list[int]:
+def _render_alternating(result: RecipeResult, pairs: list[tuple[Any, str]], t: Template, encode: Encoder) -> str:
+    """The shared start of preprocess_v1/_mpt/_gemma: role checks, then the prompt as the template renders it
+    (once per sample: the recording pass's rendering is reused)."""
+    result.messages = _alternating(pairs)
+    key = (t, tuple(result.messages))
+    rendered = encode.memo.get(key)
+    if rendered is None:
+        rendered = encode.memo[key] = render(t, result.messages)
+    result.rendered = rendered
+    return rendered.text
+
+
+class _Recorded(Exception):
+    """Ends a recording pass once the prompt is known: the arithmetic needs its tokens first."""
+
+
+def _prompt(result: RecipeResult, text: str, encode: Encoder, facts: Facts, image_split: bool) -> list[int]:
     """The prompt tokenized as ``preprocess_*`` does: tokenizer_image_token with an image, else
     tokenizer(..., truncation=True, max_length=model_max_length)."""
     result.text = text
-    if has_image:
-        result.image_split = True
-        return image_token_ids(encode, text, facts.bos_id)
-    return list(encode(text)[: facts.max_length])
+    result.image_split = image_split
+    result.prompt = encode.prompt(text, image_split, facts.bos_id)
+    if encode.recording:
+        raise _Recorded
+    ids = result.prompt.ids()
+    return ids if image_split else ids[: facts.max_length]
 
 
-def _length(encode: Encoder, text: str, facts: Facts, has_image: bool) -> int:
-    return image_token_length(encode, text, facts.bos_id) if has_image else encode.length(text)
+def _length(prompt: PromptTokens, a: int, b: int, image_split: bool) -> int:
+    """len(tokenizer_image_token(prompt[a:b])) or len(tokenizer(prompt[a:b]).input_ids)."""
+    return prompt.alone_image(a, b) if image_split else prompt.alone(a, b)
+
+
+def _mask(labels: list[int], start: int, stop: int | None = None) -> None:
+    """``target[start:stop] = IGNORE_INDEX`` with tensor slice semantics (negative indices count from the end)."""
+    lo, hi, _ = slice(start, stop).indices(len(labels))
+    if hi > lo:
+        labels[lo:hi] = [IGNORE_INDEX] * (hi - lo)
 
 
 def _finish(result: RecipeResult, ids: list[int], labels: list[int], cur_len: int, facts: Facts) -> None:
-    total_len = sum(1 for i in ids if i != facts.pad_id)
-    labels[cur_len:] = [IGNORE_INDEX] * max(0, len(labels) - cur_len)
+    total_len = len(ids) - ids.count(facts.pad_id) if facts.pad_id is not None else len(ids)
+    _mask(labels, cur_len)
     result.cur_len, result.total_len = cur_len, total_len
     if cur_len < facts.max_length:
         if cur_len != total_len:
@@ -354,31 +372,26 @@ def _finish(result: RecipeResult, ids: list[int], labels: list[int], cur_len: in
     result.input_ids, result.labels = ids, labels
 
 
-def _mask(labels: list[int], start: int, length: int) -> None:
-    end = min(len(labels), start + max(0, length))
-    for k in range(max(0, start), end):
-        labels[k] = IGNORE_INDEX
-
-
-def _split_rounds(result: RecipeResult, rounds: list[str], sep: str, encode: Encoder, facts: Facts, has_image: bool,
-                  labels: list[int], cur_len: int, instruction_drop: int,
-                  correction: Callable[[int], int], split_sep: str) -> int:
+def _split_rounds(result: RecipeResult, rounds: list[str], sep: str, encode: Encoder, facts: Facts,
+                  image_split: bool, labels: list[int], cur_len: int, instruction_drop: int,
+                  correction: Callable[[int], int], split_sep: str, round_drop: int = 0, round_add: int = 0) -> int:
+    prompt = result.prompt
     pos = 0
     for i, rou in enumerate(rounds):
+        start = pos
         pos += len(rou) + len(split_sep)
         if rou == "":
             break
         parts = rou.split(sep)
         if len(parts) != 2:
             break
-        instruction = parts[0] + sep
-        round_len = _length(encode, rou, facts, has_image)
-        instruction_len = _length(encode, instruction, facts, has_image) - instruction_drop
+        round_len = _length(prompt, start, start + len(rou), image_split) - round_drop + round_add
+        instruction_len = _length(prompt, start, start + len(parts[0]) + len(sep), image_split) - instruction_drop
         fix = correction(i)
         round_len += fix
         instruction_len += fix
-        _mask(labels, cur_len, instruction_len)
-        result.rounds.append(Round(i, cur_len, round_len, instruction_len, fix, rou, pos))
+        _mask(labels, cur_len, cur_len + instruction_len)
+        result.rounds.append(Round(i, cur_len, round_len, instruction_len, fix or round_add, rou, pos))
         cur_len += round_len
     return cur_len
 
@@ -386,11 +399,11 @@ def _split_rounds(result: RecipeResult, rounds: list[str], sep: str, encode: Enc
 # --- the preprocess functions ------------------------------------------------------------------
 
 
-def _preprocess_v1(recipe: Recipe, result: RecipeResult, messages: list[str], t: Template, encode: Encoder,
-                   facts: Facts, has_image: bool, tokenizer: Any) -> None:
-    text = _render_alternating(result, messages, t)
+def _preprocess_v1(recipe: Recipe, result: RecipeResult, messages: list[tuple[Any, str]], t: Template,
+                   encode: Encoder, facts: Facts, has_image: bool, tokenizer: Any) -> None:
+    text = _render_alternating(result, messages, t, encode)
     _require_pad(facts, has_image)
-    ids = _full_ids(result, text, encode, facts, has_image)
+    ids = _prompt(result, text, encode, facts, has_image)
     labels = list(ids)
     _mask(labels, 0, 1)
 
@@ -399,27 +412,26 @@ def _preprocess_v1(recipe: Recipe, result: RecipeResult, messages: list[str], t:
             return 0
         if facts.legacy is MISSING:
             raise TrainingCodeCrash(
-                f"AttributeError: {type(tokenizer).__name__} has no attribute 'legacy' (preprocess_v1 reads "
-                "tokenizer.legacy from the second round on)"
+                f"AttributeError: {facts.class_name or type(tokenizer).__name__} has no attribute 'legacy' "
+                "(preprocess_v1 reads tokenizer.legacy from the second round on)"
             )
         return -1 if (not facts.legacy and tokenizers_at_least_0_14()) else 0
 
     sep = t.sep + t.roles[1] + ": "
-    cur_len = _split_rounds(result, text.split(t.sep2 or ""), sep, encode, facts, has_image, labels, 1, 2, correction,
-                            t.sep2 or "")
+    cur_len = _split_rounds(result, text.split(t.sep2 or ""), sep, encode, facts, has_image, labels, 1, 2,
+                            correction, t.sep2 or "")
     _finish(result, ids, labels, cur_len, facts)
 
 
-def _preprocess_llama_2(recipe: Recipe, result: RecipeResult, messages: list[str], t: Template, encode: Encoder,
-                        facts: Facts, has_image: bool, tokenizer: Any) -> None:
-    messages = _alternating(messages)
-    result.messages = messages
-    if not messages or not messages[0]:
+def _preprocess_llama_2(recipe: Recipe, result: RecipeResult, messages: list[tuple[Any, str]], t: Template,
+                        encode: Encoder, facts: Facts, has_image: bool, tokenizer: Any) -> None:
+    result.messages = _alternating(messages)
+    if result.messages and not result.messages[0]:
         raise TrainingCodeCrash("AssertionError: first message should not be none")
-    result.rendered = render(t, messages)
+    result.rendered = render(t, result.messages)
     text = result.rendered.text
     _require_pad(facts, has_image)
-    ids = _full_ids(result, text, encode, facts, has_image)
+    ids = _prompt(result, text, encode, facts, has_image)
     labels = list(ids)
     _mask(labels, 0, 1)
     cur_len = _split_rounds(result, text.split(t.sep2 or ""), "[/INST] ", encode, facts, has_image, labels, 1, 2,
@@ -435,37 +447,23 @@ def _mpt_rounds(text: str, sep: str) -> list[str]:
     return joined
 
 
-def _preprocess_mpt(recipe: Recipe, result: RecipeResult, messages: list[str], t: Template, encode: Encoder,
-                    facts: Facts, has_image: bool, tokenizer: Any) -> None:
-    text = _render_alternating(result, messages, t)
+def _preprocess_mpt(recipe: Recipe, result: RecipeResult, messages: list[tuple[Any, str]], t: Template,
+                    encode: Encoder, facts: Facts, has_image: bool, tokenizer: Any) -> None:
+    text = _render_alternating(result, messages, t, encode)
     sep = t.sep + t.roles[1]
     rounds = _mpt_rounds(text, t.sep)
     if recipe.name == "llava-1.5":
         # v1.5: always tokenizer_image_token, no truncation; every round adds the separator's length.
-        result.text = text
-        result.image_split = True
-        ids = image_token_ids(encode, text, facts.bos_id)
+        ids = _prompt(result, text, encode, facts, True)
         _require_pad(facts)
         labels = list(ids)
-        sep_len = len(image_token_ids(encode, t.sep, facts.bos_id))
-        cur_len = 0
-        pos = 0
-        for i, rou in enumerate(rounds):
-            pos += len(rou) + len(t.sep)
-            if rou == "":
-                break
-            parts = rou.split(sep)
-            if len(parts) != 2:
-                break
-            round_len = len(image_token_ids(encode, rou, facts.bos_id)) + sep_len
-            instruction_len = len(image_token_ids(encode, parts[0] + sep, facts.bos_id))
-            _mask(labels, cur_len, instruction_len)
-            result.rounds.append(Round(i, cur_len, round_len, instruction_len, sep_len, rou, pos))
-            cur_len += round_len
+        sep_len = len(encode.prompt(t.sep, True, facts.bos_id).ids())
+        cur_len = _split_rounds(result, rounds, sep, encode, facts, True, labels, 0, 0, lambda i: 0, t.sep,
+                                round_add=sep_len)
         _finish(result, ids, labels, cur_len, facts)
         return
     _require_pad(facts, has_image)
-    ids = _full_ids(result, text, encode, facts, has_image)
+    ids = _prompt(result, text, encode, facts, has_image)
     labels = list(ids)
     start = 1 if recipe.name == "llava-next" else 0
     _mask(labels, 0, start)
@@ -473,57 +471,45 @@ def _preprocess_mpt(recipe: Recipe, result: RecipeResult, messages: list[str], t
     plus = 1 if (legacy and tokenizers_at_least_0_14()) else 0
     cur_len = _split_rounds(result, rounds, sep, encode, facts, has_image, labels, start, 1,
                             lambda i: plus if i != 0 else 0, t.sep)
+    if recipe.name == "llava-next":
+        result.warning_format = "WARNING: tokenization mismatch: {0} vs. {1}.(#turns={2} ignored)"
     _finish(result, ids, labels, cur_len, facts)
 
 
-def _preprocess_gemma(recipe: Recipe, result: RecipeResult, messages: list[str], t: Template, encode: Encoder,
-                      facts: Facts, has_image: bool, tokenizer: Any) -> None:
-    text = _render_alternating(result, messages, t)
+def _preprocess_gemma(recipe: Recipe, result: RecipeResult, messages: list[tuple[Any, str]], t: Template,
+                      encode: Encoder, facts: Facts, has_image: bool, tokenizer: Any) -> None:
+    text = _render_alternating(result, messages, t, encode)
     _require_pad(facts, has_image)
-    ids = _full_ids(result, text, encode, facts, has_image)
+    ids = _prompt(result, text, encode, facts, has_image)
     labels = list(ids)
     _mask(labels, 0, 1)
     pieces = text.split(t.sep)
     rounds = [t.sep.join(pieces[k:k + 2]) for k in range(0, len(pieces), 2)]
-    sep = t.sep + t.roles[1]
-    cur_len = 1
-    pos = 0
-    for i, rou in enumerate(rounds):
-        pos += len(rou) + len(t.sep)
-        if rou == "":
-            break
-        parts = rou.split(sep)
-        if len(parts) != 2:
-            break
-        round_len = _length(encode, rou, facts, has_image) - 1 + 2
-        instruction_len = _length(encode, parts[0] + sep, facts, has_image) - 1
-        _mask(labels, cur_len, instruction_len)
-        result.rounds.append(Round(i, cur_len, round_len, instruction_len, 2, rou, pos))
-        cur_len += round_len
+    cur_len = _split_rounds(result, rounds, t.sep + t.roles[1], encode, facts, has_image, labels, 1, 1,
+                            lambda i: 0, t.sep, round_drop=1, round_add=2)
+    result.warning_format = "warning: tokenization mismatch: {0} vs. {1}. (ignored)"
     _finish(result, ids, labels, cur_len, facts)
 
 
-def _preprocess_plain(recipe: Recipe, result: RecipeResult, messages: list[str], t: Template, encode: Encoder,
-                      facts: Facts, has_image: bool, tokenizer: Any) -> None:
-    messages = [m for _, m in messages]
-    result.messages = messages
-    if len(messages) != 2:
-        raise TrainingCodeCrash(f"AssertionError: preprocess_plain needs exactly 2 turns, got {len(messages)}")
-    if IMAGE_TOKEN not in messages[0]:
+def _preprocess_plain(recipe: Recipe, result: RecipeResult, messages: list[tuple[Any, str]], t: Template,
+                      encode: Encoder, facts: Facts, has_image: bool, tokenizer: Any) -> None:
+    texts = [m for _, m in messages]
+    result.messages = texts
+    if len(texts) != 2:
+        raise TrainingCodeCrash(f"AssertionError: preprocess_plain needs exactly 2 turns, got {len(texts)}")
+    if IMAGE_TOKEN not in texts[0]:
         raise TrainingCodeCrash("AssertionError: preprocess_plain needs <image> in the first turn")
-    text = IMAGE_TOKEN + messages[1] + t.sep
-    result.text = text
-    result.image_split = True
-    ids = image_token_ids(encode, text, facts.bos_id)
+    text = IMAGE_TOKEN + texts[1] + t.sep
+    ids = _prompt(result, text, encode, facts, True)
     labels = list(ids)
-    prompt_len = len(image_token_ids(encode, IMAGE_TOKEN, facts.bos_id))
+    prompt_len = result.prompt.alone_image(0, len(IMAGE_TOKEN))
     _mask(labels, 0, prompt_len)
     result.rounds.append(Round(0, 0, len(ids), prompt_len, 0, text))
     result.input_ids, result.labels = ids, labels
 
 
-def _preprocess_single(recipe: Recipe, result: RecipeResult, messages: list[str], t: Template, encode: Encoder,
-                       facts: Facts, has_image: bool, tokenizer: Any) -> None:
+def _preprocess_single(recipe: Recipe, result: RecipeResult, messages: list[tuple[Any, str]], t: Template,
+                       encode: Encoder, facts: Facts, has_image: bool, tokenizer: Any) -> None:
     """The fallback ``preprocess`` (``_add_speaker_and_signal`` + ``_mask_targets``): no mismatch check."""
     header = f"{t.system}\n\n"
     speakers = [role for role, _ in messages]
@@ -536,17 +522,18 @@ def _preprocess_single(recipe: Recipe, result: RecipeResult, messages: list[str]
 
     def length(s: str) -> int:
         if has_image:
-            return len(image_token_ids(encode, s, facts.bos_id))
-        return sum(1 for i in encode(s)[: facts.max_length] if i != facts.pad_id)
+            return len(encode.prompt(s, True, facts.bos_id).ids())
+        ids = encode(s)[: facts.max_length]
+        return len(ids) - ids.count(facts.pad_id) if facts.pad_id is not None else len(ids)
 
-    ids = _full_ids(result, text, encode, facts, has_image)
+    ids = _prompt(result, text, encode, facts, has_image)
     labels = list(ids)
     cur = length(header)
     _mask(labels, 0, cur)
     for k, (s, speaker) in enumerate(zip(signalled, speakers)):
         n = length(s)
         if speaker == "human":
-            _mask(labels, cur + 2, n - 2)
+            _mask(labels, cur + 2, cur + n)
         result.rounds.append(Round(k, cur, n, n if speaker == "human" else 0, 0, s))
         cur += n
     result.input_ids, result.labels = ids, labels
@@ -560,40 +547,97 @@ LLAMA3_SYSTEM = (
 _NEXT_ROLES = {"human": "user", "gpt": "assistant"}
 
 
-def _turn_ids(encode: Encoder, text: str, has_image: bool, image_id: int) -> list[int]:
+_NEXT_STATE: dict[tuple[int, bool], tuple[Any, Any, Any, Any, Any]] = {}
+
+
+def _next_state(tokenizer: Any, has_image: bool, encode: Encoder) -> tuple[Any, int | None, Encoder]:
+    """What preprocess_qwen / preprocess_llama3 read from their own copy of the tokenizer, to which
+    they add ``<image>`` as a special token when the sample has an image: its
+    ``additional_special_tokens_ids`` (MISSING in transformers 5; some tokenizer classes list the
+    added token there too), the id whose positions become IMAGE_TOKEN_INDEX (without an image:
+    ``convert_tokens_to_ids('<image>')``, unk's id or None - every unk of the sample then becomes
+    IMAGE_TOKEN_INDEX too), and an Encoder of that copy (the text after an added token is
+    tokenized as the tokenizer does it there). Computed once per tokenizer."""
+    base = getattr(tokenizer, "base", tokenizer)  # a PadView's pad does not change what is read here
+    key = (id(base), has_image)
+    hit = _NEXT_STATE.get(key)
+    if hit is not None and hit[0] is base:
+        return hit[1], hit[2], (hit[3] if has_image else encode)
+    if len(_NEXT_STATE) > 32:
+        _NEXT_STATE.clear()
+    work = tokenizer
     if has_image:
-        return special_split_ids(encode, text, image_id)
-    return list(encode(text, False))
+        work = copy.deepcopy(tokenizer)
+        work.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    extra = getattr(work, "additional_special_tokens_ids", MISSING)
+    extra = tuple(extra) if isinstance(extra, (list, tuple)) else MISSING
+    replaced = work.convert_tokens_to_ids(IMAGE_TOKEN)
+    turn_encode = Encoder(work, derive=False) if has_image else None
+    _NEXT_STATE[key] = (base, extra, replaced, turn_encode, work)
+    return extra, replaced, (turn_encode if has_image else encode)
 
 
-def _preprocess_qwen(recipe: Recipe, result: RecipeResult, messages: list[str], t: Template, encode: Encoder,
-                     facts: Facts, has_image: bool, tokenizer: Any) -> None:
-    if len(facts.extra_special_ids) != 2:
-        raise TrainingCodeCrash(
-            f"ValueError: im_start, im_end = tokenizer.additional_special_tokens_ids unpacks "
-            f"{len(facts.extra_special_ids)} ids, not 2"
-        )
-    im_start, im_end = facts.extra_special_ids
-    image_id = IMAGE_TOKEN_INDEX  # the id <image> gets once added; replaced by -200 anyway
-    unmask = {198, im_start, im_end}
-    result.intentional_unmask = frozenset(unmask)
-    turns = [("system", QWEN_SYSTEM)] + _next_turns(recipe, messages)
-    result.messages = [m for _, m in turns[1:]]
-    result.turn_roles = [r for r, _ in turns]
+def _per_turn(result: RecipeResult, turns: list[tuple[str, str]], pieces: list[str], encode: Encoder, *,
+              replaced: int | None, unmask: set, drop_first: bool) -> None:
+    """The shared body of preprocess_qwen / preprocess_llama3: each turn tokenized alone (its first
+    token dropped for llama3 after the system turn), user/system turns masked, `unmask` ids
+    learned everywhere, `replaced` ids turned into IMAGE_TOKEN_INDEX in the input (not the labels)."""
     ids: list[int] = []
     labels: list[int] = []
-    for role, content in turns:
-        piece = f"<|im_start|>{role}\n{content}<|im_end|>\n"
-        result.turn_texts.append(piece)
-        encoded = _turn_ids(encode, piece, has_image, image_id)
+    for k, ((role, _), piece) in enumerate(zip(turns, pieces)):
+        encoded = list(encode(piece, False))
+        if drop_first and k:
+            encoded = encoded[1:]  # "First is bos token we don't need here"
         ids += encoded
         labels += [IGNORE_INDEX] * len(encoded) if role in ("user", "system") else encoded
-    _next_unmask(ids, labels, unmask, has_image)
+    for token in unmask:
+        for k in positions(ids, token):
+            labels[k] = token
+    if replaced is not None:
+        for k in positions(ids, replaced):
+            ids[k] = IMAGE_TOKEN_INDEX
     result.input_ids, result.labels = ids, labels
-    result.text = "".join(result.turn_texts)
+    result.turn_texts = pieces
+    result.text = "".join(pieces)
+    result.turn_encode = encode
+    result.image_replaced = replaced
 
 
-def _next_turns(recipe: Recipe, pairs: list[tuple[Any, str]]) -> list[tuple[str, str]]:
+def _preprocess_qwen(recipe: Recipe, result: RecipeResult, messages: list[tuple[Any, str]], t: Template,
+                     encode: Encoder, facts: Facts, has_image: bool, tokenizer: Any) -> None:
+    turns = [("system", QWEN_SYSTEM)] + _next_turns(messages)
+    extra, replaced, turn_encode = _next_state(tokenizer, has_image, encode)
+    if extra is MISSING:
+        raise TrainingCodeCrash(f"AttributeError: {facts.class_name} has no attribute additional_special_tokens_ids")
+    if len(extra) != 2:
+        raise TrainingCodeCrash(
+            f"ValueError: im_start, im_end = tokenizer.additional_special_tokens_ids unpacks {len(extra)} ids, not 2"
+        )
+    problem = _chat_problem(tokenizer, QWEN_CHAT_TEMPLATE)
+    if problem:
+        raise TrainingCodeCrash(problem)
+    im_start, im_end = extra
+    unmask = {198, im_start, im_end}
+    result.intentional_unmask = frozenset(unmask)
+    result.messages = [m for _, m in turns[1:]]
+    result.turn_roles = [r for r, _ in turns]
+    pieces = [f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in turns]
+    _per_turn(result, turns, pieces, turn_encode, replaced=replaced, unmask=unmask, drop_first=False)
+
+
+_CHAT_PROBLEMS: dict[tuple[int, str | None], str | None] = {}
+
+
+def _chat_problem(tokenizer: Any, template: str | None) -> str | None:
+    key = (id(tokenizer), template)
+    if key not in _CHAT_PROBLEMS:
+        if len(_CHAT_PROBLEMS) > 64:
+            _CHAT_PROBLEMS.clear()
+        _CHAT_PROBLEMS[key] = chat_template_ids_problem(tokenizer, template)
+    return _CHAT_PROBLEMS[key]
+
+
+def _next_turns(pairs: list[tuple[Any, str]]) -> list[tuple[str, str]]:
     """LLaVA-NeXT's per-turn role handling: ``roles[source[0]["from"]]`` (KeyError unless human/gpt),
     skip a leading gpt turn, then ``roles.get(role, role)`` for every turn."""
     if not pairs:
@@ -605,38 +649,21 @@ def _next_turns(recipe: Recipe, pairs: list[tuple[Any, str]]) -> list[tuple[str,
     return [(_NEXT_ROLES.get(role, role), m) for role, m in pairs]
 
 
-def _next_unmask(ids: list[int], labels: list[int], unmask: set, has_image: bool) -> None:
-    for k, token in enumerate(ids):
-        if token in unmask:
-            labels[k] = token
-        if has_image and token == IMAGE_TOKEN_INDEX:
-            labels[k] = IGNORE_INDEX if labels[k] == IMAGE_TOKEN_INDEX else labels[k]
-
-
-def _preprocess_llama3(recipe: Recipe, result: RecipeResult, messages: list[str], t: Template, encode: Encoder,
-                       facts: Facts, has_image: bool, tokenizer: Any) -> None:
-    if not getattr(tokenizer, "chat_template", None):
-        raise TrainingCodeCrash("ValueError: tokenizer.chat_template is not set (apply_chat_template needs it)")
+def _preprocess_llama3(recipe: Recipe, result: RecipeResult, messages: list[tuple[Any, str]], t: Template,
+                       encode: Encoder, facts: Facts, has_image: bool, tokenizer: Any) -> None:
+    turns = [("system", LLAMA3_SYSTEM)] + _next_turns(messages)
+    _, replaced, turn_encode = _next_state(tokenizer, has_image, encode)
+    problem = _chat_problem(tokenizer, None)
+    if problem:
+        raise TrainingCodeCrash(problem)
     convert = tokenizer.convert_tokens_to_ids
     unmask = {convert(tok) for tok in ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "\n\n")}
     unmask.discard(None)
     result.intentional_unmask = frozenset(unmask)
-    turns = [("system", LLAMA3_SYSTEM)] + _next_turns(recipe, messages)
     result.messages = [m for _, m in turns[1:]]
     result.turn_roles = [r for r, _ in turns]
-    ids: list[int] = []
-    labels: list[int] = []
-    for k, (role, content) in enumerate(turns):
-        piece = _chat_template_text(tokenizer, role, content)
-        result.turn_texts.append(piece)
-        encoded = _turn_ids(encode, piece, has_image, IMAGE_TOKEN_INDEX)
-        if k:
-            encoded = encoded[1:]  # "First is bos token we don't need here"
-        ids += encoded
-        labels += [IGNORE_INDEX] * len(encoded) if role in ("user", "system") else encoded
-    _next_unmask(ids, labels, unmask, has_image)
-    result.input_ids, result.labels = ids, labels
-    result.text = "".join(result.turn_texts)
+    pieces = [_chat_template_text(tokenizer, role, content) for role, content in turns]
+    _per_turn(result, turns, pieces, turn_encode, replaced=replaced, unmask=unmask, drop_first=True)
 
 
 def _chat_template_text(tokenizer: Any, role: str, content: str) -> str:
@@ -644,3 +671,7 @@ def _chat_template_text(tokenizer: Any, role: str, content: str) -> str:
         return tokenizer.apply_chat_template([{"role": role, "content": content}], tokenize=False)
     except Exception as exc:  # the training code would raise the same from its own call
         raise TrainingCodeCrash(f"{type(exc).__name__} in apply_chat_template: {exc}") from None
+
+
+def vision_for(mm_use_im_start_end: bool, mm_use_im_patch_token: bool) -> tuple[str, ...]:
+    return tuple(vision_tokens(mm_use_im_start_end, mm_use_im_patch_token))

@@ -53,17 +53,31 @@ def token_view(analysis: SampleAnalysis, tokenizer: Any, *, color: bool, width: 
 
 
 def summary_table(summary: dict) -> str:
-    """Samples, dropped, crashed, drifted and supervised tokens for the run's template, then (when
-    computed) the same counts for every template tried on the first samples."""
-    cols = ("template", "samples", "dropped", "crashed", "drifted", "supervised", "answer tokens")
+    """Samples, dropped, crashed, drifted, unverified and supervised tokens for the run's set-up, then
+    (when computed) the same counts for every set-up tried on the first samples, and the ones that fit."""
+    cols = ("set-up", "samples", "dropped", "crashed", "drifted", "unverified", "supervised", "answer tokens")
     rows = [(f"{summary.get('template', '')} ({summary.get('recipe', '')})", summary.get("samples", 0),
              summary.get("dropped", 0), summary.get("crashed", 0), summary.get("drifted", 0),
-             summary.get("supervised_tokens", 0), summary.get("answer_tokens", 0))]
-    for name, f in sorted((summary.get("template_fits") or {}).items()):
-        rows.append((f"  {name}", f["samples"], f["dropped"], f["crashed"], f["drifted"], "", ""))
+             summary.get("unverified", 0), summary.get("supervised_tokens", 0), summary.get("answer_tokens", 0))]
+    own = (summary.get("recipe"), None)
+    for f in summary.get("template_fits") or ():
+        if (f["recipe"], f.get("pad_token")) != own and not f.get("fits"):
+            continue  # other recipes and pads: only the set-ups that fit
+        pad = f" pad={f['pad_token']}" if f.get("pad_token") else ""
+        rows.append((f"  {f['template']} ({f['recipe']}{pad}){' fits' if f.get('fits') else ''}", f["samples"],
+                     f["dropped"], f["crashed"], f["drifted"], f.get("unverified", 0), "", ""))
     widths = [max(len(str(c)), *(len(str(r[k])) for r in rows)) for k, c in enumerate(cols)]
-    lines = ["summary per template:", "  ".join(str(c).ljust(w) for c, w in zip(cols, widths))]
+    lines = ["summary per set-up:", "  ".join(str(c).ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows]
-    if "templates_that_fit" in summary:
-        lines.append("templates that fit: " + (", ".join(summary["templates_that_fit"]) or "none"))
-    return "\n".join(lines)
+    notes = []
+    if summary.get("malformed"):
+        notes.append(f"{summary['malformed']} malformed conversation(s) (data problems) count for no template")
+    if summary.get("not_audited"):
+        notes.append(f"{summary['not_audited']} sample(s) too large to audit (see their findings)")
+    if summary.get("derivation_disproved"):
+        notes.append(f"round lengths: exact path ({summary['derivation_disproved']})")
+    if "setups_that_fit" in summary:
+        notes.append("set-ups that fit: " + ("; ".join(summary["setups_that_fit"]) or "none"))
+    if summary.get("unverified_means"):
+        notes.append(summary["unverified_means"])
+    return "\n".join(lines + notes)
