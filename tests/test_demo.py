@@ -9,18 +9,19 @@ from click.testing import CliRunner
 from llava_doctor.cli import main
 
 
+NAMES = ("zero3-save", "frozen-encoder-export", "tokenization-mismatch", "llm-not-frozen", "lora-tunable-parts")
+
+
 @pytest.mark.slow
 def test_demo_catches_the_broken_scenarios_and_passes_their_twins(tmp_path):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(main, ["demo", "--out", str(out), "-q",
-                                       "--only", "zero3-save", "--only", "frozen-encoder-export",
-                                       "--only", "tokenization-mismatch", "--only", "llm-not-frozen"])
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "-q", *(a for name in NAMES for a in ("--only", name))])
     rows = {tuple(line.split()[:2]): line.split() for line in result.output.splitlines()
-            if line.split()[:1] and line.split()[0] in {"zero3-save", "frozen-encoder-export", "tokenization-mismatch", "llm-not-frozen"}}
-    for name in ("zero3-save", "frozen-encoder-export", "tokenization-mismatch", "llm-not-frozen"):
+            if line.split()[:1] and line.split()[0] in NAMES}
+    for name in NAMES:
         assert rows[name, "broken"][3] == "CAUGHT", result.output
         assert rows[name, "fixed"][3] == "clean", result.output
-    assert "4 of 4 checked failures caught, 0 false alarm(s)" in result.output
+    assert "5 of 5 checked failures caught, 0 false alarm(s)" in result.output
     assert result.exit_code == 0
     facts = json.loads((out / "zero3-save" / "broken" / "scenario.json").read_text())
     assert facts["scenario"] == "zero3-save" and (out / "zero3-save" / "broken" / "README.txt").is_file()

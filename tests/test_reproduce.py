@@ -72,7 +72,7 @@ def facts_on_disk(result) -> dict:
 
 def test_registry_names_are_the_issue_names():
     assert reproduce.names() == ["zero3-save", "frozen-encoder-export", "tokenization-mismatch", "loss-collapse",
-                                 "llm-not-frozen", "delay-load", "nan-logits"]
+                                 "llm-not-frozen", "delay-load", "nan-logits", "lora-tunable-parts"]
     for name in reproduce.names():
         scenario = reproduce.get(name)
         assert scenario.name == name and scenario.title and scenario.broken.strip() and scenario.fixed.strip()
@@ -308,6 +308,48 @@ def test_llm_not_frozen_ld302(build):
         out = build("llm-not-frozen", fixed).out_dir
         messages = audit_codes(out / "trained", "LD302", base=out / "base", stage="pretrain", deep=True)
         assert bool(messages) is (not fixed)
+
+
+# --------------------------------------------------------------------------- lora-tunable-parts
+
+
+def _preflight(result):
+    from llava_doctor.api import preflight
+
+    return preflight(str(result.out_dir / "finetune.sh"), workdir=result.out_dir)
+
+
+@pytest.mark.slow
+def test_lora_tunable_parts_trains_the_whole_llm_before_the_fix(build):
+    result = build("lora-tunable-parts", False)
+    facts = result.facts
+    assert facts["lora_fix_in_checkout"] is False
+    # the checkout's own lines, run on the PEFT model: every base LLM weight and lm_head trainable, and one real
+    # optimizer step moved them
+    assert facts["trainable_elements"]["language_model"] == facts["total_elements"]["language_model"] > 0
+    assert facts["trainable_elements"]["lm_head"] == facts["total_elements"]["lm_head"] > 0
+    assert facts["tensors_changed_by_one_step"]["language_model"] > 0 and facts["tensors_changed_by_one_step"]["lm_head"] == 1
+    assert facts["trainable_groups"]["llm_base"] > facts["trainable_groups"]["lora"] > 0
+    assert math.isfinite(facts["step_loss"]) and facts["train_start_codes"] == ["LD301"]
+    assert "if not training_args.lora_enable" not in (result.out_dir / "llava/train/train.py").read_text()
+
+
+@pytest.mark.slow
+def test_lora_tunable_parts_fixed_trains_adapters_projector_and_tower_only(build):
+    facts = build("lora-tunable-parts", True).facts
+    assert facts["lora_fix_in_checkout"] is True
+    assert facts["trainable_elements"]["language_model"] == facts["trainable_elements"]["lm_head"] == 0
+    assert facts["tensors_changed_by_one_step"]["language_model"] == facts["tensors_changed_by_one_step"]["lm_head"] == 0
+    assert facts["tensors_changed_by_one_step"]["lora"] > 0 and facts["tensors_changed_by_one_step"]["projector"] > 0
+    assert "llm_base=0" in facts["trainable_parameter_groups"] and facts["train_start_codes"] == []
+
+
+@pytest.mark.slow
+def test_lora_tunable_parts_preflight_reads_the_checkout(build):
+    broken, fixed = _preflight(build("lora-tunable-parts", False)), _preflight(build("lora-tunable-parts", True))
+    assert {f.code for f in broken.findings} == {"LD301"}
+    assert {f.message.split(":")[0] for f in broken.by_code("LD301")} == {"language_model", "lm_head"}
+    assert not fixed.findings and not fixed.input_errors
 
 
 # --------------------------------------------------------------------------- nan-logits

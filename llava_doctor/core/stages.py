@@ -1,16 +1,8 @@
-"""LLaVA's training stages as trainable-parameter policies, and a per-component trainable summary.
+"""The bundled model's training stages, applied: requires_grad set by the one stage policy
+(``llava_doctor.stages``, which holds the table), and a per-component trainable summary.
 
-==========  ==============  =========  ==============  =======  ======================================
-stage       vision_tower    projector  language_model  lm_head  as in haotian-liu/LLaVA train.py
-==========  ==============  =========  ==============  =======  ======================================
-pretrain    frozen          trained    frozen          frozen   ``tune_mm_mlp_adapter``
-finetune    frozen (*)      trained    trained         trained  full fine-tune
-lora        frozen (*)      trained    LoRA only       frozen   ``lora_enable`` (peft)
-==========  ==============  =========  ==============  =======  ======================================
-
-(*) trained when ``unfreeze_vision_tower`` (``unfreeze_mm_vision_tower``). ``image_newline``,
-when the model has one, follows the projector. Counts use ``ds_numel`` for ZeRO-3 partitioned
-parameters, whose ``numel()`` is 0.
+``image_newline``, when the model has one, follows the projector. Counts use ``ds_numel`` for ZeRO-3
+partitioned parameters, whose ``numel()`` is 0.
 """
 from __future__ import annotations
 

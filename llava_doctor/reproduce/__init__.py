@@ -28,6 +28,7 @@ SCENARIO_MODULES = {
     "llm-not-frozen": "llm_not_frozen",
     "delay-load": "delay_load",
     "nan-logits": "nan_logits",
+    "lora-tunable-parts": "lora_tunable_parts",
 }
 README = "README.txt"
 FACTS = "scenario.json"
