@@ -55,3 +55,13 @@ def test_demo_generation_scenarios_show_the_codes_that_fired(tmp_path):
         assert rows[name, "fixed"][3] == "clean" and rows[name, "fixed"][5] == "-", result.output
     assert "$ llava-doctor inspect" in result.output and "2 of 2 checked failures caught, 0 false alarm(s)" in result.output
     assert result.exit_code == 0
+
+
+def test_demo_says_a_scenario_was_not_built_and_never_counts_it(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--only", "lora-tunable-parts"])
+    assert "not built: scenario lora-tunable-parts needs peft: pip install 'llava-doctor[lora]'" in result.output
+    assert "0 of 1 checked failures caught" in result.output and "CAUGHT" not in result.output
+    assert result.exit_code == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,13 @@ def test_registry_names_are_the_issue_names():
 def test_unknown_scenario_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="unknown scenario 'nope'"):
         reproduce.build("nope", tmp_path)
+
+
+def test_a_scenario_whose_optional_module_is_missing_says_which_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
+    with pytest.raises(reproduce.MissingDependency, match=r"needs peft: pip install 'llava-doctor\[lora\]'"):
+        reproduce.build("lora-tunable-parts", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_refuses_a_foreign_non_empty_directory(tmp_path):

@@ -116,6 +116,9 @@ def demo(out, only, quiet) -> int:
             try:
                 result = reproduce.build(name, root / name / variant, fixed=fixed)
                 runs = [run_command(argv) for argv in split_commands(result.command)]
+            except reproduce.MissingDependency as exc:  # say it was not built; never count it as checked
+                command = f"llava-doctor reproduce {name}{' --fixed' if fixed else ''} --out {root / name / variant}"
+                result, runs = None, [CommandRun(command, EXIT_ERROR, lines=[f"not built: {exc}"])]
             finally:
                 if bar is not None:
                     bar.close()

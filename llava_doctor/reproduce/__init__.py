@@ -32,6 +32,8 @@ SCENARIO_MODULES = {
 }
 README = "README.txt"
 FACTS = "scenario.json"
+# optional module a scenario needs -> the llava-doctor extra that installs it
+EXTRAS = {"peft": "lora"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,11 @@ class Scenario:
     mechanism: str = ""  # how the core recreates it, where that differs from the real systems
     codes: tuple[str, ...] = ()  # the catalogue codes (DESIGN.md) that diagnose it
     fixed_command: str = ""  # the twin's command when it differs (e.g. another template)
+    needs: tuple[str, ...] = ()  # optional modules the build imports (see EXTRAS), checked before any work
+
+
+class MissingDependency(InputError):
+    """A scenario needs an optional module this environment lacks."""
 
 
 @dataclass
@@ -76,6 +83,11 @@ def get(name: str) -> Scenario:
 def build(name: str, out_dir: str | Path, fixed: bool = False) -> ScenarioResult:
     """Write scenario `name` (or its fixed twin) into `out_dir`, with README.txt and scenario.json."""
     scenario = get(name)
+    missing = missing_modules(scenario)
+    if missing:
+        extras = sorted({EXTRAS.get(m, m) for m in missing})
+        raise MissingDependency(f"scenario {name} needs {', '.join(missing)}: "
+                                f"pip install 'llava-doctor[{','.join(extras)}]'")
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a directory")
@@ -99,6 +111,16 @@ def build(name: str, out_dir: str | Path, fixed: bool = False) -> ScenarioResult
         indent=2, sort_keys=True, default=str) + "\n")
     (out / README).write_text(render_readme(scenario, result))
     return result
+
+
+def missing_modules(scenario: Scenario) -> list[str]:
+    missing = []
+    for module in scenario.needs:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    return missing
 
 
 def _previous_scenario(out: Path) -> str | None:

@@ -277,4 +277,5 @@ SCENARIO = Scenario(
     codes=("LD301",),
     command=f"llava-doctor preflight {{out}}/{SCRIPT} --workdir {{out}}",
     make=make,
+    needs=("peft",),
 )
