@@ -131,18 +131,17 @@ def groups_line(groups: dict[str, int]) -> str:
     return "Trainable parameter groups: " + ", ".join(f"{k}={v:,}" for k, v in groups.items())
 
 
-def _write_workdir(out: Path, fixed: bool) -> tuple[Any, Any]:
-    """The launch's world: base LLM (weights + tokenizer), tower, stage-1 projector, data, DeepSpeed config,
-    the checkout's train.py and the launch script. Returns (the stage-1 model, tokenizer)."""
+def _write_workdir(out: Path, fixed: bool) -> None:
+    """The launch's world: base LLM (weights + its tokenizer), tower, stage-1 projector, data, DeepSpeed config,
+    the checkout's train.py and the launch script."""
     from ..core import savers
     from ..core.data import build_samples, write_dataset
     from ..core.stages import apply_stage
     from ..core.train import TrainConfig, train
     from .delay_load import write_base_llm
-
     from .tokenization_mismatch import VOCAB_SIZE, write_chatml_tokenizer
 
-    tok = tokenizer()
+    tok = tokenizer()  # the core's: the stage-1 projector steps run on the core's own data
     model = tiny_model(out, vocab_size=VOCAB_SIZE)
     tower = Path(model.config.mm_vision_tower).relative_to(out)
     write_base_llm(model, tok, out / LLM)
@@ -163,7 +162,6 @@ def _write_workdir(out: Path, fixed: bool) -> tuple[Any, Any]:
     (out / TRAIN_PY).parent.mkdir(parents=True, exist_ok=True)
     (out / TRAIN_PY).write_text(train_py_source(fixed))
     (out / SCRIPT).write_text(_LAUNCH.replace("{tower}", tower.as_posix()).replace("{version}", VERSION))
-    return model, tok
 
 
 def _one_step(out: Path, fixed: bool) -> dict[str, Any]:
