@@ -227,3 +227,36 @@ def test_sentencepiece_twin_gives_the_slow_tokenizers_ids(tokenizers_dir, name):
     encode = Encoder(slow)
     encode.prefetch([(t, True) for t in texts])
     assert encode._twin is not False and encode._twin_checked == len(set(texts))
+
+
+@pytest.mark.tokenizers
+@pytest.mark.parametrize("name", ["vicuna-7b-v1.5", "vicuna-7b-v1.5-legacy", "Mistral-7B-Instruct-v0.2", "Llama-2-7b-chat-hf"])
+def test_slow_offsets_by_tiling_equal_the_piece_walk(tokenizers_dir, name):
+    """Where the slow tokenizer's pieces spell the text, the list-wide offsets (`_tiled`) are the walk's, exactly."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        pytest.skip("transformers 5 has no slow tokenizer classes")
+    if not (tokenizers_dir / name).is_dir():
+        pytest.skip(f"no {name} tokenizer fixture")
+    from transformers import AutoTokenizer
+
+    from llava_doctor.templates.tokenize import SlowPieces
+
+    slow = AutoTokenizer.from_pretrained(str(tokenizers_dir / name), use_fast=False)
+    pieces = SlowPieces(slow)
+    tiled = 0
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.sampled_from(PIECES + ["\u2581", "\u2581a", "ab c."]), max_size=14).map("".join), st.booleans())
+    def same(text, special):
+        nonlocal tiled
+        ids = list(slow(text, add_special_tokens=special)["input_ids"])
+        before, after = pieces.added_counts(special)
+        fast = pieces._tiled(text, ids, before, after)
+        if fast is not None:
+            tiled += 1
+            assert fast == pieces._walk(text, ids, before, after)
+
+    same()
+    assert tiled > 0  # the fast path was exercised, not only skipped

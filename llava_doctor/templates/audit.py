@@ -23,6 +23,7 @@ from .grouping import FindingGroups
 from .suggest import TemplateFit
 
 CHUNK = 2048  # samples per batched tokenization
+WORKER_CHUNK = 256  # ... per task of a worker process (small: the workers finish together)
 CHUNK_CHARS = 4_000_000  # ... or fewer, when the samples are long (bounds the memory of one chunk)
 HEAD = 256  # records kept for LD103's suggestions
 DATASET_LEVEL = ("LD103",)
@@ -120,13 +121,15 @@ def _collector_paused() -> Iterator[None]:
 class _Auditor:
     """One process's share of the audit: chunks in, folded groups and counts out."""
 
-    def __init__(self, tokenizer: Any, options: AuditOptions, share: int = 1) -> None:
+    def __init__(self, tokenizer: Any, options: AuditOptions, share: int = 1, keep_head: bool = True) -> None:
         from .tokenize import Encoder, Verifier
 
         self.tokenizer = tokenizer
         self.options = options
+        self.keep_head = keep_head  # worker processes leave the head to the parent, which reads every chunk
         self.encoders: dict[int, Encoder] = {}
         self.verifier = Verifier(first=max(32, Verifier.first // share))  # the first samples, split over the workers
+        self.threads = 1 if share > 1 else None  # worker processes are the parallelism: no threads inside them
         self.out = ShardResult()
         self.fits: list[TemplateFit] = []
         self.derive = not options.exact
@@ -138,15 +141,15 @@ class _Auditor:
         from .suggest import summarize
 
         o = self.options
-        if len(self.out.head) < HEAD:
-            self.out.head.extend(chunk[:HEAD - len(self.out.head)])
+        if self.keep_head:
+            _extend_head(self.out.head, chunk)
         dataset = build_dataset(o.name, chunk, self.tokenizer, o.template, recipe=o.recipe, pad_token=o.pad_token,
                                 max_length=o.max_length, mm_use_im_start_end=o.mm_use_im_start_end,
                                 mm_use_im_patch_token=o.mm_use_im_patch_token, max_sample_chars=o.max_sample_chars)
         key = id(getattr(dataset.tokenizer, "base", dataset.tokenizer))
         encode = self.encoders.get(key)
         if encode is None:
-            encode = self.encoders[key] = self.Encoder(dataset.tokenizer, derive=self.derive)
+            encode = self.encoders[key] = self.Encoder(dataset.tokenizer, derive=self.derive, threads=self.threads)
         else:
             encode = encode.with_tokenizer(dataset.tokenizer)
         dataset.encoder, dataset.verifier = encode, (self.verifier if self.derive else None)
@@ -202,11 +205,17 @@ def _merge(parts: Iterable[ShardResult], options: AuditOptions) -> ShardResult:
     return merged
 
 
+def _extend_head(head: list[tuple[int, Any]], chunk: list[tuple[int, Any]]) -> None:
+    if len(head) < HEAD:
+        head.extend(chunk[:HEAD - len(head)])
+
+
 _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(tokenizer: Any, options: AuditOptions, workers: int) -> None:
-    _WORKER["auditor"] = _Auditor(tokenizer, options, workers)  # the tokenizer crosses once per process
+    gc.disable()  # a worker only audits chunks: `_Auditor.add` collects the young generation after each
+    _WORKER["auditor"] = _Auditor(tokenizer, options, workers, keep_head=False)  # the tokenizer crosses once per process
 
 
 def _worker(chunk: list[tuple[int, Any]]) -> ShardResult:
@@ -216,6 +225,36 @@ def _worker(chunk: list[tuple[int, Any]]) -> ShardResult:
     with _collector_paused():
         auditor.add(chunk)
     return auditor.result()
+
+
+def _in_workers(stream: Iterator[list[tuple[int, Any]]], tokenizer: Any, options: AuditOptions,
+                workers: int) -> ShardResult:
+    """The chunks spread over `workers` processes; this one reads the stream, keeps the head and merges."""
+    import multiprocessing as mp
+
+    from .tokenize import Encoder
+
+    # the tokenizer's unit-locality proof is cached per backend (_LOCALITY): made once here, forked workers
+    # inherit it; each worker still builds its own Encoder
+    Encoder(tokenizer).facts
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    head: list[tuple[int, Any]] = []
+
+    def heads_kept() -> Iterator[list[tuple[int, Any]]]:
+        for chunk in stream:
+            _extend_head(head, chunk)
+            yield chunk
+
+    # Frozen, the objects this process holds (tokenizer, modules) stay out of the workers' garbage
+    # collections: no walk over them, and no copy-on-write of their pages in each forked worker.
+    gc.freeze()
+    try:
+        with mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(tokenizer, options, workers)) as pool:
+            merged = _merge(pool.imap(_worker, heads_kept()), options)
+    finally:
+        gc.unfreeze()
+    merged.head = head
+    return merged
 
 
 def _distributed() -> tuple[int, int]:
@@ -272,15 +311,7 @@ def audit_conversations(conversations: Iterable[Any], tokenizer: Any, template: 
             return Report(stats={"rank": rank, "data": {"shard": True}})
         merged = _merge(parts, options)
     elif workers > 1:
-        import multiprocessing as mp
-
-        from .tokenize import Encoder
-
-        Encoder(tokenizer).facts  # proven once here; forked workers inherit the proof
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        stream = counted(chunks(pairs, size=max(CHUNK // 4, 256)))
-        with mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(tokenizer, options, workers)) as pool:
-            merged = _merge(pool.imap(_worker, stream), options)
+        merged = _in_workers(counted(chunks(pairs, size=WORKER_CHUNK)), tokenizer, options, workers)
     else:
         auditor = _Auditor(tokenizer, options)
         with _collector_paused():

@@ -108,6 +108,7 @@ def resolve_template(codebase: str, name: str) -> tuple[Template, str | None]:
     return choice.template, choice.note
 
 
+@functools.lru_cache(maxsize=None)
 def choose_template(codebase: str, name: str) -> TemplateChoice:
     check_codebase(codebase)
     if name in SETUP_VERSIONS:

@@ -262,11 +262,7 @@ class Recipe:
         used = choose_template(self.name, template).template
         result = RecipeResult(template=used.name)
         try:
-            if has_image:
-                pairs = preprocess_multimodal(conversation, self.name, used.version,
-                                              mm_use_im_start_end=mm_use_im_start_end)
-            else:
-                pairs = plain_pairs(conversation)
+            pairs = self._pairs(conversation, used, encode, has_image, mm_use_im_start_end)
             function = self.function_for(used)
             result.function = function.__name__.lstrip("_")
             function(self, result, pairs, used, encode, facts, has_image, tokenizer)
@@ -276,6 +272,21 @@ class Recipe:
             result.crash = str(crash)
             result.input_ids, result.labels, result.mismatch = [], [], None
         return result
+
+    def _pairs(self, conversation: list[dict], used: Template, encode: Encoder, has_image: bool,
+               mm_use_im_start_end: bool) -> list[tuple[Any, str]]:
+        """The (from, value) pairs the dataset hands to preprocess; once per sample and set-up (the
+        recording pass's are reused: the memo holds the conversation, so its id stays its own)."""
+        key = ("pairs", id(conversation), self.name, used.version, has_image, mm_use_im_start_end)
+        hit = encode.memo.get(key)
+        if hit is not None and hit[0] is conversation:
+            return hit[1]
+        if has_image:
+            pairs = preprocess_multimodal(conversation, self.name, used.version, mm_use_im_start_end=mm_use_im_start_end)
+        else:
+            pairs = plain_pairs(conversation)
+        encode.memo[key] = (conversation, pairs)
+        return pairs
 
     def function_for(self, t: Template) -> Callable[..., None]:
         if t.sep_style is SepStyle.PLAIN:

@@ -20,8 +20,10 @@ exact path; the audit proves the two equal on its first samples and on a sample 
 from __future__ import annotations
 
 import json
+import os
 import re
 from bisect import bisect_left
+from itertools import accumulate
 from operator import itemgetter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -97,6 +99,13 @@ class Encoded:
 
     def split_at(self, p: int, lo: int, hi: int) -> int | None:
         """Index of the first token at or after character p, when the tokenization splits exactly at p."""
+        source = self._source
+        if self._offsets is None and source is not None:
+            i = source.char_to_token(p)
+            if i is not None and lo <= i < hi:  # the token holding p must start at p, its predecessor end by p
+                if (source.token_to_chars(i) or (0, 0))[0] != p:
+                    return None
+                return None if i > lo and (source.token_to_chars(i - 1) or (0, 0))[1] > p else i
         i = self.first_at_or_after(p, lo, hi)
         if i < hi and self.span(i)[0] != p:
             return None
@@ -115,17 +124,22 @@ def unit_locality(tokenizer: Any) -> str | None:
     rust = getattr(tokenizer, "_tokenizer", None)
     if rust is not None:
         return _rust_unit_locality(rust)
-    if rust is None:
-        sp = getattr(tokenizer, "sp_model", None)
-        marker = "\u2581"
-        try:
-            pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())] if sp is not None else []
-        except Exception:
-            return None
-        if any(marker in p for p in pieces) and not any(re.search(f"[^{marker}]{marker}", p) for p in pieces):
-            return "SentencePiece vocabulary without a piece that crosses a word start"
+    sp = getattr(tokenizer, "sp_model", None)
+    try:
+        pieces = sp.id_to_piece(list(range(sp.get_piece_size()))) if sp is not None else []
+    except Exception:
         return None
+    if _no_piece_crosses_a_word_start(pieces):
+        return "SentencePiece vocabulary without a piece that crosses a word start"
     return None
+
+
+def _no_piece_crosses_a_word_start(pieces: Iterable[str]) -> bool:
+    """Some piece holds the space marker, and none holds it after another character (`p.lstrip(marker)`
+    keeps a marker exactly when one follows a character that is not a marker)."""
+    marker = "\u2581"
+    pieces = list(pieces)
+    return any(marker in p for p in pieces) and not any(marker in p.lstrip(marker) for p in pieces)
 
 
 def _rust_unit_locality(rust: Any) -> str | None:
@@ -146,16 +160,15 @@ def _rust_unit_locality(rust: Any) -> str | None:
             return "Metaspace pre-tokenizer splitting on the space marker"
         if kind == "WhitespaceSplit" or kind == "Whitespace":
             return f"{kind} pre-tokenizer"
+    kind = type(rust.model).__name__
+    if kind not in ("BPE", "Unigram"):
+        return None
     try:
-        model = json.loads(rust.model.__getstate__())  # the vocabulary: only when no pre-tokenizer decides
+        pieces = rust.get_vocab(with_added_tokens=False)  # the vocabulary: only when no pre-tokenizer decides
     except Exception:
         return None
-    if model.get("type") in ("BPE", "Unigram"):
-        vocab = model.get("vocab") or {}
-        pieces = vocab.keys() if isinstance(vocab, dict) else (p[0] for p in vocab)
-        marker = "\u2581"
-        if any(marker in p for p in pieces) and not any(re.search(f"[^{marker}]{marker}", p) for p in pieces):
-            return f"{model['type']} vocabulary without a piece that crosses a word start"
+    if _no_piece_crosses_a_word_start(pieces):
+        return f"{kind} vocabulary without a piece that crosses a word start"
     return None
 
 
@@ -171,6 +184,7 @@ class Encoder:
     tokenizer: Any
     recording: bool = False
     derive: bool = True
+    threads: int | None = None  # threads one SentencePiece batch may use (None: the library's default, every core)
     _cache: dict[tuple[str, bool], Encoded] = field(default_factory=dict)
     _wanted: dict[tuple[str, bool], None] = field(default_factory=dict)
     _rust: Any = None
@@ -261,7 +275,7 @@ class Encoder:
         """The slow tokenizer's ids: from its `SentencePieceTwin` while that keeps agreeing with it
         (all of the first 256 texts, then every 64th), else from the tokenizer itself."""
         if self._twin is None:
-            self._twin = SentencePieceTwin.of(self.tokenizer) or False
+            self._twin = SentencePieceTwin.of(self.tokenizer, self.threads) or False
         if self._twin is False:
             return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=special)["input_ids"]]
         ids = self._twin.encode_batch(texts, special)
@@ -307,9 +321,10 @@ class SentencePieceTwin:
 
     MARK = "\u2581"
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, threads: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.sp = tokenizer.sp_model
+        self.threads = threads if threads is not None else (1 if _parallelism_off() else None)
         self.legacy = bool(tokenizer.legacy)
         self.bos = [tokenizer.bos_token_id] if getattr(tokenizer, "add_bos_token", False) else []
         self.eos = [tokenizer.eos_token_id] if getattr(tokenizer, "add_eos_token", False) else []
@@ -323,7 +338,7 @@ class SentencePieceTwin:
         self.prefix_space = getattr(tokenizer, "add_prefix_space", True) is not False
 
     @classmethod
-    def of(cls, tokenizer: Any) -> "SentencePieceTwin | None":
+    def of(cls, tokenizer: Any, threads: int | None = None) -> "SentencePieceTwin | None":
         """A twin for LlamaTokenizer-like slow tokenizers whose added tokens strip nothing; else None."""
         if getattr(tokenizer, "is_fast", True) or not hasattr(tokenizer, "sp_model") or not hasattr(tokenizer, "legacy"):
             return None
@@ -335,7 +350,7 @@ class SentencePieceTwin:
             if any(getattr(t, "lstrip", False) or getattr(t, "rstrip", False) or getattr(t, "single_word", False)
                    for t in decoder.values()):
                 return None
-            return cls(tokenizer)
+            return cls(tokenizer, threads)
         except Exception:
             return None
 
@@ -356,7 +371,7 @@ class SentencePieceTwin:
                 plan.append((len(wanted), strip))
                 wanted.append(self.unk_prefix + piece if strip else piece)
             plans.append(plan)
-        encoded = self.sp.encode(wanted) if wanted else []
+        encoded = self._sp_encode(wanted) if wanted else []
         out = []
         for plan in plans:
             ids: list[int] = []
@@ -372,6 +387,22 @@ class SentencePieceTwin:
         return out
 
 
+    def _sp_encode(self, texts: list[str]) -> list[list[int]]:
+        if self.threads is None:
+            return self.sp.encode(texts)
+        try:
+            return self.sp.encode(texts, num_threads=self.threads)
+        except TypeError:  # a SentencePiece without threaded batches
+            return self.sp.encode(texts)
+
+
+def _parallelism_off() -> bool:
+    """``TOKENIZERS_PARALLELISM`` set to false (read as the Rust tokenizers read it): their batches then
+    run on one thread, and so do the SentencePiece batches that stand in for them."""
+    value = os.environ.get("TOKENIZERS_PARALLELISM")
+    return value is not None and value.strip().lower() in ("", "off", "false", "f", "no", "n", "0")
+
+
 def _plain_tokenize() -> Any:
     from transformers import PreTrainedTokenizer
 
@@ -382,7 +413,8 @@ class SlowPieces:
     """Character offsets for a slow (Python, SentencePiece) tokenizer, which gives none: its pieces are
     walked along the text (the space marker stands for a space or for the prefix SentencePiece adds,
     byte pieces ``<0xNN>`` make up one character together, added tokens match their own text). A
-    piece that does not line up gives no offsets for that text (the audit then tokenizes exactly)."""
+    piece that does not line up gives no offsets for that text (the audit then tokenizes exactly).
+    Where the pieces simply spell the text, `_tiled` finds the same offsets with list-wide operations."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -392,6 +424,7 @@ class SlowPieces:
             self.added = {}
         self.unk = getattr(tokenizer, "unk_token_id", None)
         self._counts: dict[bool, tuple[int, int]] = {}
+        self._spelling: list[str | None] | None = None
 
     @classmethod
     def of(cls, tokenizer: Any) -> "SlowPieces":
@@ -421,6 +454,64 @@ class SlowPieces:
         byte_decoder = getattr(self.tokenizer, "byte_decoder", None)
         if isinstance(byte_decoder, dict):
             return self._byte_level(text, ids, prefix, suffix, byte_decoder)
+        tiled = self._tiled(text, ids, prefix, suffix)
+        return tiled if tiled is not None else self._walk(text, ids, prefix, suffix)
+
+    def _spellings(self) -> list[str | None]:
+        """Per id, the text its piece spells: the space marker as a space, an ASCII byte piece as its
+        character, an added token as its content; None for unk and for the bytes of a longer character."""
+        if self._spelling is None:
+            sp = getattr(self.tokenizer, "sp_model", None)
+            table: list[str | None] = []
+            if sp is not None:
+                for piece in sp.id_to_piece(list(range(sp.get_piece_size()))):
+                    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                        code = int(piece[3:5], 16)
+                        table.append(chr(code) if code < 0x80 else None)
+                    else:
+                        table.append(piece.replace("\u2581", " "))
+            if self.added:
+                table += [None] * (max(self.added) + 1 - len(table))
+                for token, content in self.added.items():
+                    table[token] = content
+            if self.unk is not None and 0 <= self.unk < len(table):
+                table[self.unk] = None
+            self._spelling = table
+        return self._spelling
+
+    def _tiled(self, text: str, ids: list[int], prefix: int, suffix: int) -> list[tuple[int, int]] | None:
+        """The walk's offsets where the pieces spell the text one after the other (None elsewhere: the
+        walk decides), with list-wide operations instead of a Python step per token: each piece's text,
+        the space SentencePiece prefixes to every text it encodes (the text's start, and after an
+        added token) dropped where the text has none, then one comparison of the joined pieces."""
+        body = ids[prefix:len(ids) - suffix]
+        table = self._spellings()
+        try:
+            spelled = list(map(table.__getitem__, body))
+        except (IndexError, TypeError):
+            return None
+        if not table or None in spelled:
+            return None
+        starts = {0}
+        for token in self.added:
+            if token in body:
+                starts.update(k + 1 for k in positions(body, token))
+        ends = list(accumulate(map(len, spelled)))
+        dropped = 0
+        for k in sorted(starts):
+            if k < len(spelled) and spelled[k].startswith(" "):
+                at = (ends[k - 1] if k else 0) - dropped
+                if not text.startswith(" ", at):
+                    spelled[k] = spelled[k][1:]
+                    dropped += 1
+        if dropped:
+            ends = list(accumulate(map(len, spelled)))
+        if "".join(spelled) != text:
+            return None
+        size = len(text)
+        return [(0, 0)] * prefix + list(zip([0] + ends[:-1], ends)) + [(size, size)] * suffix
+
+    def _walk(self, text: str, ids: list[int], prefix: int, suffix: int) -> list[tuple[int, int]] | None:
         pieces = self._pieces_of(ids)
         out: list[tuple[int, int]] = [(0, 0)] * prefix
         pos = 0
@@ -560,7 +651,7 @@ class PromptTokens:
     """A prompt as the training code tokenizes it (``tokenizer(prompt)`` or ``tokenizer_image_token``),
     and the lengths of its pieces tokenized alone, derived from it where exact."""
 
-    __slots__ = ("encode", "text", "image_split", "bos_id", "chunks", "_encs", "_edges", "_shape", "_starts")
+    __slots__ = ("encode", "text", "image_split", "bos_id", "chunks", "shape", "_encs", "_edges", "_starts")
 
     def __init__(self, encode: Encoder, text: str, image_split: bool, bos_id: int | None) -> None:
         self.encode = encode
@@ -576,24 +667,20 @@ class PromptTokens:
         else:
             self.chunks = [(0, text)]
         self._encs: list[Encoded] | None = None
-        self._edges: dict[int, tuple[list[tuple[int, int]], list[int]]] = {}
-        self._shape: TokenizerShape | None = None
+        self._edges: list[tuple[list[tuple[int, int]], list[int]] | None] = [None] * len(self.chunks)
         self._starts: dict[int, tuple | None] = {}
-        if encode.recording:
+        if encode.recording:  # the shape is known once the recorded texts are tokenized
+            self.shape: TokenizerShape | None = None
             for _, piece in self.chunks:
                 encode.want(piece)
+        else:
+            self.shape = encode.facts
 
     @property
     def encodings(self) -> list[Encoded]:
         if self._encs is None:
             self._encs = [self.encode.encoded(piece) for _, piece in self.chunks]
         return self._encs
-
-    @property
-    def shape(self) -> "TokenizerShape":
-        if self._shape is None:
-            self._shape = self.encode.facts
-        return self._shape
 
     def ids(self) -> list[int]:
         """``tokenizer(prompt).input_ids``, or ``tokenizer_image_token(prompt)``: each chunk around
@@ -653,7 +740,7 @@ class PromptTokens:
 
     def _specials(self, k: int) -> tuple[list[tuple[int, int]], list[int]]:
         """Character spans of the added tokens in chunk k (the tokenizer splits them off first), and their edges."""
-        found = self._edges.get(k)
+        found = self._edges[k]
         if found is None:
             enc = self.encodings[k]
             shape = self.shape
@@ -668,14 +755,13 @@ class PromptTokens:
             found = self._edges[k] = (spans, sorted({e for span in spans for e in span}))
         return found
 
-    def _boundary_after(self, k: int, piece: str, x: int, limit: int) -> int | None:
-        """The first hard boundary in (x, limit]."""
+    def _boundary_after(self, edges: list[int], piece: str, x: int, limit: int) -> int | None:
+        """The first hard boundary in (x, limit] (`edges`: those of the chunk's added tokens)."""
         best = limit + 1
         if self.shape.unit_local:
             found = _UNIT_START.search(piece, x + 1, limit + 1)
             if found is not None:
                 best = found.start()
-        edges = self._specials(k)[1]
         if edges:
             i = bisect_left(edges, x + 1)
             if i < len(edges) and edges[i] < best:
@@ -684,11 +770,10 @@ class PromptTokens:
             best = min(best, limit)
         return best if best <= limit else None
 
-    def _boundary_before(self, k: int, piece: str, y: int, floor: int) -> int:
+    def _boundary_before(self, edges: list[int], piece: str, y: int, floor: int) -> int:
         """The last hard boundary in [floor, y] (y itself when it is one)."""
         if y == len(piece):
             return y
-        edges = self._specials(k)[1]
         best = floor
         if edges:
             i = bisect_left(edges, y + 1) - 1
@@ -703,11 +788,8 @@ class PromptTokens:
         return best
 
     def _start_side(self, a: int) -> tuple | None:
-        """What every piece starting at `a` shares: its chunk, the first hard boundary h after it, the
-        prompt's token index at h, the head's length alone (pieces of one round start alike)."""
-        starts = self._starts
-        if a in starts:
-            return starts[a]
+        """What every piece starting at `a` shares (cached): its chunk, the first hard boundary h after
+        it, the prompt's token index at h, the head's length alone (pieces of one round start alike)."""
         chunks = self.chunks
         k = 0
         while k + 1 < len(chunks) and chunks[k + 1][0] <= a:
@@ -719,22 +801,23 @@ class PromptTokens:
         if 0 <= x <= len(piece) and enc.has_offsets:
             spans, edges = self._specials(k)
             if not any(s < x < e for s, e in spans):
-                h = self._boundary_after(k, piece, x, len(piece))
+                h = self._boundary_after(edges, piece, x, len(piece))
                 if h is not None and h > x:
                     shape = self.shape
                     n_end = len(enc) - shape.suffix
                     ih = enc.split_at(h, shape.prefix, n_end) if h < len(piece) else n_end
                     if ih is not None:
-                        found = (k, start, piece, enc, x, h, ih, spans, n_end,
+                        found = (start, piece, enc, x, h, ih, spans, edges, n_end,
                                  self.encode.length(piece[x:h]))
-        starts[a] = found
+        self._starts[a] = found
         return found
 
     def _derived(self, a: int, b: int) -> int | None:
-        side = self._start_side(a)
+        starts = self._starts
+        side = starts[a] if a in starts else self._start_side(a)
         if side is None:
             return None
-        k, start, piece, enc, x, h, ih, spans, n_end, head = side
+        start, piece, enc, x, h, ih, spans, edges, n_end, head = side
         y = b - start
         size = len(piece)
         if y > size or y <= x:
@@ -748,18 +831,18 @@ class PromptTokens:
                 return None  # the piece cuts an added token: alone, its text is no token
         if y == size:
             return head + (n_end - ih)
-        t = self._boundary_before(k, piece, y, h)
+        t = self._boundary_before(edges, piece, y, h)
         it = enc.split_at(t, self.shape.prefix, n_end)
         if it is None or it < ih:
             return None
-        return head + (it - ih) + (self._tail_length(k, piece, t, y) if t < y else 0)
+        return head + (it - ih) + (self._tail_length(spans, piece, t, y) if t < y else 0)
 
-    def _tail_length(self, k: int, piece: str, t: int, y: int) -> int:
+    def _tail_length(self, spans: list[tuple[int, int]], piece: str, t: int, y: int) -> int:
         """Tokens of piece[t:y] where it follows a hard boundary inside a text (not at the text's start):
-        after a space boundary, after an added token, or starting with one."""
+        after a space boundary, after an added token, or starting with one (`spans`: the chunk's added tokens)."""
         tail = piece[t:y]
         context = None
-        for s, e in self._specials(k)[0]:
+        for s, e in spans:
             if e == t:
                 context = piece[s:e]
                 break
