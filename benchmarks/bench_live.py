@@ -1,6 +1,6 @@
 """Live-inspection benchmarks, as ratios in one run (run on purpose; pytest never collects this file).
 
-    python benchmarks/bench_live.py                      # CPU: the bundled core and a ~100M transformers Llava
+    python benchmarks/bench_live.py                      # CPU: the bundled core, a ~100M transformers Llava, a 7B on meta
     python benchmarks/bench_live.py --device cuda        # GPU: a llava-1.5-7b-sized model in bf16, plain and ZeRO-3 (world 1)
 
 Train-start inspection (`llava_doctor.inspect(model, optimizer=..., stage=...)`: every live check, every value
@@ -134,6 +134,21 @@ def cpu_case(name: str, model, batch, repeat: int) -> dict:
             "values_vs_naive": values / naive, "values_vs_floor": values / floor}
 
 
+def meta_case(repeat: int) -> dict:
+    """The structure-only part of a 7B inspection (component map, shapes vs config, stage policy) on `meta`:
+    what `inspect` costs before any value statistic."""
+    import torch
+    import transformers
+
+    import llava_doctor
+
+    with torch.device("meta"):
+        model = transformers.LlavaForConditionalGeneration(hf_llava_config("7b"))
+    inspect = timed(lambda: llava_doctor.inspect(model, stage="finetune"), repeat)
+    return {"case": "transformers Llava 7B-sized on meta (structure only)", "parameters": sum(p.numel() for p in model.parameters()),
+            "inspect_s": inspect}
+
+
 def gpu_case(zero3: bool, repeat: int) -> dict:
     import torch
     import transformers
@@ -202,6 +217,7 @@ def main() -> None:
         config = hf_llava_config("100m")
         model = transformers.LlavaForConditionalGeneration(config)
         results.append(cpu_case("transformers Llava ~100M (CLIP + Llama)", model, hf_batch(config, 2, 64, "cpu"), args.repeat))
+        results.append(meta_case(args.repeat))
     else:
         results.append(gpu_case(False, args.repeat))
         torch.cuda.empty_cache()
