@@ -85,9 +85,10 @@ def build(name: str, out_dir: str | Path, fixed: bool = False) -> ScenarioResult
     scenario = get(name)
     missing = missing_modules(scenario)
     if missing:
-        extras = sorted({EXTRAS.get(m, m) for m in missing})
-        raise MissingDependency(f"scenario {name} needs {', '.join(missing)}: "
-                                f"pip install 'llava-doctor[{','.join(extras)}]'")
+        extras = sorted({EXTRAS[m] for m in missing if m in EXTRAS})
+        install = [f"'llava-doctor[{','.join(extras)}]'"] if extras else []
+        install += [m for m in missing if m not in EXTRAS]
+        raise MissingDependency(f"scenario {name} needs {', '.join(missing)}: pip install {' '.join(install)}")
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a directory")
