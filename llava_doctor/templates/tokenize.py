@@ -386,7 +386,6 @@ class SentencePieceTwin:
             out.append(self.bos + ids + self.eos if special else ids)
         return out
 
-
     def _sp_encode(self, texts: list[str]) -> list[list[int]]:
         if self.threads is None:
             return self.sp.encode(texts)
