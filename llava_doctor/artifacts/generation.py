@@ -198,9 +198,10 @@ class StepWatch:
 
     LLaVA's own ``generate`` encodes the image before the LLM's first forward: that counts as step 1."""
 
-    def __init__(self, model: Any, path: ImagePath, *, health: bool) -> None:
+    def __init__(self, model: Any, path: ImagePath, *, health: bool, logprobs: bool = True) -> None:
         self.step = 0
         self.health = health
+        self.keep_logprobs = logprobs  # only the neutral-image comparison reads them
         self.logits: list[Any] = []  # per step: (rows, 3) finite, nan, max |finite logit|
         self.logprobs: list[Any] = []  # per step: (rows, vocab) float32 log-softmax of the last position
         self.flags: list[tuple[int, str, Any]] = []  # (step, module, non-finite flag)
@@ -228,7 +229,8 @@ class StepWatch:
             return
         row = logits[:, -1].float()
         finite = torch.isfinite(row)
-        self.logprobs.append(torch.log_softmax(row, dim=-1))
+        if self.keep_logprobs:
+            self.logprobs.append(torch.log_softmax(row, dim=-1))
         if self.health:
             largest = torch.where(finite, row.abs(), torch.zeros_like(row)).amax(dim=-1)
             self.logits.append(torch.stack([finite.all(dim=-1).float(), torch.isnan(row).any(dim=-1).float(), largest], -1))
@@ -418,7 +420,7 @@ class GenerationRunner:
     def sample(self, image_name: str, image: Any, prompt: str) -> Sample:
         inputs = self.build_inputs([image], prompt)
         self.notes.extend(note for note in inputs.notes if note not in self.notes)
-        watch = StepWatch(self.model, self.path, health=True)
+        watch = StepWatch(self.model, self.path, health=True, logprobs=self.neutral)
         try:
             ids = self._generate(inputs.kwargs, self.max_new_tokens)[0].tolist()
         finally:
