@@ -260,3 +260,19 @@ def test_slow_offsets_by_tiling_equal_the_piece_walk(tokenizers_dir, name):
 
     same()
     assert tiled > 0  # the fast path was exercised, not only skipped
+
+
+def test_a_finished_chunk_is_forgotten_through_the_view_that_shares_the_cache():
+    """The audit tokenizes each chunk through a `with_tokenizer` view; forgetting there must empty the cache the
+    views share, or every text of a 665k-sample dataset stays in memory."""
+    from llava_doctor.core.tokenizer import load_tokenizer
+    from llava_doctor.templates.tokenize import Encoder
+
+    tokenizer = load_tokenizer()
+    encoder = Encoder(tokenizer)
+    view = encoder.with_tokenizer(tokenizer)
+    long_text = "a red square at the top left " * 4
+    view.length(long_text)
+    view.length("a")
+    view.forget()
+    assert [text for text, _ in encoder._cache] == ["a"]  # the short probe stays, the sample's text is gone

@@ -288,7 +288,7 @@ def _cause(analysis: SampleAnalysis, template: Template, facts: Facts, tokenizer
     if result.crash:
         return "the training code raises here"
     cur, total = result.mismatch if result.mismatch else (result.cur_len or 0, result.total_len or 0)
-    pads = result.input_ids.count(facts.pad_id) if facts.pad_id is not None else 0
+    pads = result.input_ids.count(facts.pad_id) if result.mismatch and facts.pad_id is not None else 0
     empty = [k for k, m in enumerate(result.messages) if k % 2 == 1 and not m.strip()]
     if empty:
         return "empty answer"
@@ -396,22 +396,33 @@ def _batched(samples: Sequence[SampleInput], recipe: Recipe, encode: Encoder, fa
 
 def _results(samples: Sequence[SampleInput], recipe: Recipe, encode: Encoder, facts: Facts, template_name: str,
              tokenizer: Any, mm_use_im_start_end: bool, verifier: Verifier | None) -> list[RecipeResult]:
-    """The recipe's result per sample; the samples the verifier picks run on the exact path too, and
-    the first difference reruns everything exactly (and keeps the run on the exact path)."""
+    """The recipe's result per sample; the samples the verifier picks run on the exact path too (their
+    exact texts tokenized in one batch), and the first difference reruns everything exactly (and keeps
+    the run on the exact path)."""
     results = []
+    checked = []
     for k, sample in enumerate(samples):
-        result = _run(recipe, sample, encode, facts, template_name, tokenizer, mm_use_im_start_end)
-        if verifier is not None and encode.derive and verifier.wants(sample.index if sample.index >= 0 else k):
-            encode.derive = False
-            try:
-                exact = _run(recipe, sample, encode, facts, template_name, tokenizer, mm_use_im_start_end)
-            finally:
-                encode.derive = True
+        check = verifier is not None and encode.derive and verifier.wants(sample.index if sample.index >= 0 else k)
+        encode.note_exact = check
+        try:
+            results.append(_run(recipe, sample, encode, facts, template_name, tokenizer, mm_use_im_start_end))
+        finally:
+            encode.note_exact = False
+        if check:
+            checked.append(k)
+    if not checked:
+        return results
+    encode.prefetch()
+    encode.derive = False
+    try:
+        for k in checked:
+            exact = _run(recipe, samples[k], encode, facts, template_name, tokenizer, mm_use_im_start_end)
             verifier.checked += 1
-            if not _same(result, exact):
-                verifier.disproved = (f"sample {sample.id}: round lengths derived from the prompt's tokenization differ "
-                                      "from tokenizing each round; the exact path is used from here on")
-                encode.derive = False
+            if not _same(results[k], exact):
+                verifier.disproved = (f"sample {samples[k].id}: round lengths derived from the prompt's tokenization "
+                                      "differ from tokenizing each round; the exact path is used from here on")
                 return [_run(recipe, s, encode, facts, template_name, tokenizer, mm_use_im_start_end) for s in samples]
-        results.append(result)
+    finally:
+        if verifier.disproved is None:
+            encode.derive = True
     return results

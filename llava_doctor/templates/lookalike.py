@@ -43,8 +43,8 @@ def lookalikes(sample: Any, codebase: str, template: str, tokenizer: Any, mm_use
     text = "".join(v for _, v in values)
     found: list[str] = []
     multimodal = sample.multimodal(codebase)
-    keys = " or ".join(repr(k) for k in multimodal_keys(codebase))
     if IMAGE_TOKEN in text and not multimodal:
+        keys = " or ".join(repr(k) for k in multimodal_keys(codebase))
         found.append(f"`<image>` in a record without an {keys} key: {codebase} does not run preprocess_multimodal on "
                      f"it and tokenizes it {_as_text(tokenizer, IMAGE_TOKEN)}; the model gets no image")
     if VIDEO_TOKEN in text:

@@ -184,6 +184,7 @@ class Encoder:
     tokenizer: Any
     recording: bool = False
     derive: bool = True
+    note_exact: bool = False  # derived lengths also queue the texts the exact path would tokenize (`Verifier`)
     threads: int | None = None  # threads one SentencePiece batch may use (None: the library's default, every core)
     _cache: dict[tuple[str, bool], Encoded] = field(default_factory=dict)
     _wanted: dict[tuple[str, bool], None] = field(default_factory=dict)
@@ -289,11 +290,14 @@ class Encoder:
                 return [list(x) for x in self.tokenizer(texts, add_special_tokens=special)["input_ids"]]
         return ids
 
-    def forget(self, keep: int = 4096) -> None:
-        """Drop the per-sample texts of a finished chunk; keep the short probes every chunk reuses."""
+    def forget(self) -> None:
+        """Drop the per-sample texts of a finished chunk; keep the short probes every chunk reuses.
+        In place: the views made by `with_tokenizer` share the cache, which must not keep growing.
+        Every chunk: a slow tokenizer's offsets are ~150 tuples per text, which the audit's one
+        garbage collection per chunk would otherwise walk."""
         self.memo.clear()
-        if len(self._cache) > keep:
-            self._cache = {k: v for k, v in self._cache.items() if len(k[0]) <= 64}
+        for key in [key for key in self._cache if len(key[0]) > 64]:
+            del self._cache[key]
 
     def clear(self) -> None:
         self._cache.clear()
@@ -733,7 +737,11 @@ class PromptTokens:
         if encode.recording:
             return 0
         derived = self._derived(a, b) if encode.derive and self.shape.faithful else None
-        return derived if derived is not None else encode.length(self.text[a:b])
+        if derived is None:
+            return encode.length(self.text[a:b])
+        if encode.note_exact:
+            encode.want(self.text[a:b])
+        return derived
 
     # -- derivation ---------------------------------------------------------------------------------
 
