@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..layout import component_of, strip_peft_prefix
-from ..stages import POLICY_COMPONENTS as COMPONENTS, STAGES, expected_trainable  # noqa: F401  the one stage policy
+from ..stages import expected_trainable
 
 LORA_TARGET = r"model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
