@@ -37,7 +37,8 @@ STAGE_PURPOSE = {
 }
 
 
-def _truthy(value: Any) -> bool:
+def truthy(value: Any) -> bool:
+    """A training flag's value from a config or a launch: a bool, or a string such as "True" / "1"."""
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "y", "on")
     return bool(value)
@@ -71,11 +72,11 @@ class TrainingFlags:
         """From a config.json / launch-argument mapping; `lora` overrides lora_enable (e.g. LoRA modules found)."""
         values = values or {}
         return cls(
-            tune_mm_mlp_adapter=_truthy(values.get("tune_mm_mlp_adapter", False)),
-            freeze_mm_mlp_adapter=_truthy(values.get("freeze_mm_mlp_adapter", False)),
-            unfreeze_mm_vision_tower=_truthy(values.get("unfreeze_mm_vision_tower", False)),
-            freeze_backbone=_truthy(values.get("freeze_backbone", False)),
-            lora_enable=_truthy(values.get("lora_enable", False)) if lora is None else bool(lora),
+            tune_mm_mlp_adapter=truthy(values.get("tune_mm_mlp_adapter", False)),
+            freeze_mm_mlp_adapter=truthy(values.get("freeze_mm_mlp_adapter", False)),
+            unfreeze_mm_vision_tower=truthy(values.get("unfreeze_mm_vision_tower", False)),
+            freeze_backbone=truthy(values.get("freeze_backbone", False)),
+            lora_enable=truthy(values.get("lora_enable", False)) if lora is None else bool(lora),
             mm_tunable_parts=parse_tunable_parts(values.get("mm_tunable_parts")),
         )
 

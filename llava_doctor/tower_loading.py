@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .stages import parse_tunable_parts
+from .stages import parse_tunable_parts, truthy
 
 # config.json keys that only LLaVA-NeXT's train.py writes, and its model classes
 NEXT_CONFIG_KEYS = frozenset({
@@ -71,10 +71,6 @@ def codebase(config: Mapping[str, Any]) -> str:
     return "LLaVA-NeXT" if archs & NEXT_ARCHITECTURES or NEXT_CONFIG_KEYS & set(config) else "LLaVA"
 
 
-def _truthy(value: Any) -> bool:
-    return value.strip().lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)
-
-
 def resolves(reference: Any, root: str | None, code: str) -> str:
     """How LLaVA's build_vision_tower would take `reference` on this machine."""
     if not isinstance(reference, str) or not reference:
@@ -103,13 +99,13 @@ def tower_load(config: Mapping[str, Any] | None, *, root: str | None = None, mod
     reference = config.get("mm_vision_tower") or config.get("vision_tower")
     reference = reference if isinstance(reference, str) else None
     tunable = parse_tunable_parts(config.get("mm_tunable_parts")) or ()
-    if _truthy(config.get("unfreeze_mm_vision_tower")):
+    if truthy(config.get("unfreeze_mm_vision_tower")):
         eager, why = True, "unfreeze_mm_vision_tower is true"
     elif code == "LLaVA-NeXT" and "mm_vision_tower" in tunable:
         eager, why = True, "mm_tunable_parts holds mm_vision_tower"
     elif code == "LLaVA":
         eager, why = False, "LLaVA always delay-loads a frozen tower"
-    elif _truthy(config.get("delay_load")):
+    elif truthy(config.get("delay_load")):
         eager, why = False, "delay_load is true"
     elif model_name and "v1.5" in model_name.lower():
         eager, why = False, f"the builder delay-loads models named like v1.5 ({model_name})"
