@@ -276,9 +276,9 @@ def _components_line(model: Any, keys: list[str], layout: str) -> str:
     return "; ".join(parts)
 
 
-def _tower_and_projector(model: Any, family: str) -> tuple[Any, Any, TowerState, dict]:
-    """(vision model or None, projector module or None, tower state, config dict) for one family."""
-    config = getattr(model, "config", None)
+def _tower_and_projector(model: Any, family: str, config_dict: dict[str, Any]) -> tuple[Any, Any, TowerState, dict]:
+    """(vision model or None, projector module or None, tower state, config dict) for one family
+    (`config_dict`: the model's own config as a dict; XTuner's is assembled from its parts)."""
     if family == "xtuner":
         tower = model.visual_encoder
         tower = tower.get_base_model() if _is_peft(tower) else tower
@@ -287,7 +287,6 @@ def _tower_and_projector(model: Any, family: str) -> tuple[Any, Any, TowerState,
         state = TowerState(present=True, loaded=None, delay_load=None, wrapper=None,
                            model_class=type(tower).__name__, reference=getattr(tower.config, "_name_or_path", None) or None)
         return tower, model.projector, state, config_dict
-    config_dict = _config_dict(config)
     if family.startswith("hf-"):
         body = model.model if hasattr(getattr(model, "model", None), "multi_modal_projector") else model
         tower = getattr(body, "vision_tower", None)
@@ -397,11 +396,12 @@ def inspect_model(obj: Any, *, stage: str | None = None, optimizer: Any = None, 
     if not named:
         raise InputError(f"model: {cls} has no parameters (an empty model): nothing to inspect")
     keys = [live_key(n) for n, _ in named]
-    layout = detect_layout(keys, _config_dict(getattr(model, "config", None)))
+    config_dict = _config_dict(getattr(model, "config", None))
+    layout = detect_layout(keys, config_dict)
     family = _family(model, layout)
     if family is None:
         raise InputError(f"model: {cls} is not a LLaVA-family model: {_components_line(model, keys, layout)}")
-    tower, projector, tower_state, config = _tower_and_projector(model, family)
+    tower, projector, tower_state, config = _tower_and_projector(model, family, config_dict)
     owners = _owners(model)
     parameters: list[LiveParameter] = []
     for (param_name, param), key in zip(named, keys):
