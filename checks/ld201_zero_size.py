@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from llava_doctor.artifacts.checkpoint import CheckpointFile, DeepSpeedInfo
-from llava_doctor.findings import Finding, Severity
+from llava_doctor.findings import Finding, Severity, example_names
 from llava_doctor.registry import Check, Context, Example
 
 from ._checkpoint_examples import checkpoint, clip_tower, hf_llava, hf_llava_config
@@ -172,7 +172,7 @@ class ZeroSizeParameters(Check):
         return missing_from_schema(artifact, cached_schema(artifact))
 
     def _dropped(self, artifact, component: str, infos: list, total: int, missing: list) -> Finding:
-        shown = _shown(infos)
+        shown = example_names(infos, EXAMPLES_SHOWN)
         verb = "is" if len(infos) == 1 else "are"
         return self.finding(
             f"{component}: {len(infos)} of {total} tensors the config describes {verb} in the file, with shape [0] "
@@ -255,7 +255,7 @@ class ZeroSizeParameters(Check):
             yield self.finding(
                 f"{component}: {len(params)} of {totals[component]} parameters have shape "
                 f"{' / '.join(sorted({str(list(p.shape)) for p in params}))} and no ZeRO-3 partition behind them "
-                f"(e.g. {_shown(params)}); expected full shapes: their weights were never materialised "
+                f"(e.g. {example_names(params, EXAMPLES_SHOWN)}); expected full shapes: their weights were never materialised "
                 f"(a ZeRO-3 state dict or module taken without GatheredParameters)",
                 artifact=artifact.name, location=params[0].name, observed=[list(p.shape) for p in params[:EXAMPLES_SHOWN]],
                 expected="non-empty", component=component, tensors=[p.name for p in params],
@@ -264,16 +264,12 @@ class ZeroSizeParameters(Check):
             yield self.finding(
                 f"{component}: {len(params)} ZeRO-3 partitioned parameters hold {params[0].local_numel:,} local elements "
                 f"while not gathered "
-                f"(e.g. {_shown(params)}, true shape {list(params[0].shape)}); expected [0] placeholders: the data was "
+                f"(e.g. {example_names(params, EXAMPLES_SHOWN)}, true shape {list(params[0].shape)}); expected [0] placeholders: the data was "
                 f"written around ZeRO-3 (p.data = ...) and the next gather replaces it with the partition",
                 artifact=artifact.name, location=params[0].name, severity=Severity.ERROR,
                 observed="local data while NOT_AVAILABLE", expected="[0] placeholder", component=component,
                 tensors=[p.name for p in params],
             )
-
-
-def _shown(params: list) -> str:
-    return ", ".join(p.name for p in params[:EXAMPLES_SHOWN]) + (", ..." if len(params) > EXAMPLES_SHOWN else "")
 
 
 _DROPPED = ("ZeRO-3 placeholders saved without gathering, and transformers < 5 save_pretrained drops all but one of "

@@ -7,7 +7,7 @@ from typing import Iterable
 from llava_doctor.artifacts.checkpoint import Checkpoint, FileHoles, IntegrityProblem
 from llava_doctor.artifacts.holes import overlap
 from llava_doctor.artifacts.safetensors_format import printable
-from llava_doctor.findings import Finding, Severity
+from llava_doctor.findings import Finding, Severity, example_names
 from llava_doctor.registry import Check, Context, Example
 
 from ._checkpoint_examples import checkpoint
@@ -116,7 +116,7 @@ class ShardIntegrity(Check):
                                          for i in whole) else "mostly"
             yield self.finding(
                 f"{file}: sparse: {len(whole)} {noun} {entirely} in holes of the file ({unwritten}: a pre-allocated or "
-                f"interrupted copy), e.g. {_names(whole)}; they read as zeros; expected written data",
+                f"interrupted copy), e.g. {example_names(whole, SHOWN)}; they read as zeros; expected written data",
                 artifact=artifact.name, location=f"{file}:{whole[0].name}", observed=unwritten,
                 expected="every tensor's bytes written", kind="sparse", tensors=[i.name for i in whole],
             )
@@ -145,10 +145,6 @@ class ShardIntegrity(Check):
                 severity=Severity.WARNING if problem.kind in _WARNING_KINDS else None,
                 kind=problem.kind,
             )
-
-
-def _names(infos) -> str:
-    return ", ".join(i.name for i in infos[:SHOWN]) + (", ..." if len(infos) > SHOWN else "")
 
 
 _EXPECTED = {

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from . import findings
 from .artifacts.checkpoint import Checkpoint, TensorInfo
 from .layout import canonical_key, detect_layout, strip_peft_prefix, vision_tower_unfrozen
 from .stages import expected_trainable
@@ -426,8 +427,7 @@ def format_delta(value: float | None) -> str:
 
 
 def example_names(diffs, limit: int = EXAMPLES_SHOWN) -> str:
-    names = [d.name for d in diffs]
-    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+    return findings.example_names(diffs, limit)
 
 
 def max_delta(diffs) -> float | None:

@@ -13,7 +13,7 @@ import os
 import stat
 from typing import IO, Any, Iterator
 
-from .findings import InputError
+from .findings import InputError, one_line
 
 MiB = 1024 * 1024
 MAX_JSON_BYTES = 64 * MiB  # config.json, index files, adapter configs, DeepSpeed configs
@@ -103,7 +103,7 @@ def read_json(path: str | os.PathLike, *, limit: int = MAX_JSON_BYTES, what: str
     try:
         value = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise InputError(f"{os.fspath(path)}: not valid JSON ({' '.join(str(exc).split())[:160]})") from None
+        raise InputError(f"{os.fspath(path)}: not valid JSON ({one_line(exc, 160)})") from None
     if expect is not None and not isinstance(value, expect):
         raise InputError(f"{os.fspath(path)}: a JSON {type(value).__name__}, expected a JSON {expect.__name__}")
     return value

@@ -176,6 +176,21 @@ class InputError(Exception):
     """An input llava-doctor cannot read at all. The CLI prints it as one line and exits 2."""
 
 
+def one_line(value: Any, limit: int | None = None) -> str:
+    """`value` (a message, or an exception quoted in one) as one line: whitespace runs collapsed, cut to
+    `limit` characters; an exception without a message gives its type name."""
+    text = " ".join(str(value).split())
+    if not text and isinstance(value, BaseException):
+        text = type(value).__name__
+    return text if limit is None else text[:limit]
+
+
+def example_names(items: Iterable[Any], limit: int) -> str:
+    """The first `limit` names of `items` (anything with a ``.name``) for a message, ", ..." when there are more."""
+    names = [item.name for item in items]
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
 def unknown_value(what: str, value: str, known: Iterable[str], *, where: str = "", listed: str | None = None) -> InputError:
     """The one-line usage error for a name that is not one of `known`, with the closest match (as ruff does).
 

@@ -15,7 +15,7 @@ import warnings
 from typing import Any
 
 from .files import MiB, open_regular
-from .findings import InputError
+from .findings import InputError, one_line
 
 FORMATS = ("JPEG", "PNG", "WEBP")
 MAX_IMAGE_BYTES = 256 * MiB
@@ -38,7 +38,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_IMAGE_PIXELS, m
         except UnidentifiedImageError:
             raise InputError(f"{name}: not an image llava-doctor can read (JPEG, PNG or WebP)") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise InputError(f"{name}: unreadable image header ({_reason(error)})") from None
+            raise InputError(f"{name}: unreadable image header ({one_line(error)})") from None
         width, height = image.size
         if width <= 0 or height <= 0:
             raise InputError(f"{name}: {image.format} image of size {width}x{height}")
@@ -51,11 +51,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_IMAGE_PIXELS, m
                 image.load()
                 return image.convert("RGB")
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise InputError(f"{name}: corrupt or truncated {image.format} image ({_reason(error)})") from None
-
-
-def _reason(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+            raise InputError(f"{name}: corrupt or truncated {image.format} image ({one_line(error)})") from None
 
 
 def neutral_images(size: tuple[int, int]) -> dict[str, Any]:

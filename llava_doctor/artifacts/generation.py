@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
-from ..findings import InputError
+from ..findings import InputError, one_line
 from ..quiet import quiet_libraries
 
 DEFAULT_PROMPT = "Describe the image."
@@ -413,7 +413,7 @@ class GenerationRunner:
             output = self.model.generate(**kwargs, **options)
         except (RuntimeError, ValueError, AttributeError, TypeError, IndexError) as error:
             # a tower never loaded, an image token the model does not know, a device mismatch: say it in one line
-            text = " ".join(str(error).split())[:300] or type(error).__name__
+            text = one_line(error, 300)
             raise InputError(f"{type(self.model).__name__}.generate failed: {type(error).__name__}: {text}") from None
         return _new_tokens(output, kwargs)
 

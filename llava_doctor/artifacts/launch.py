@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
-from ..findings import InputError
+from ..findings import InputError, one_line
 
 PHASES = ("launch", "step 1", "epoch", "save", "inference")
 PHASE_LABELS = {"launch": "at launch", "step 1": "at step 1", "epoch": "during the epoch", "save": "at save",
@@ -266,7 +266,7 @@ def read_arguments_file(path: str) -> dict[str, Any]:
         try:
             table = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:160]})") from None
+            raise InputError(f"{path}: not valid YAML ({one_line(exc, 160)})") from None
     if not isinstance(table, dict) or not table:
         raise InputError(f"{path}: expected a table of train.py arguments (e.g. model_name_or_path = \"...\")")
     return table

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .. import files as bounded
 from .. import layout as layouts
-from ..findings import InputError
+from ..findings import InputError, one_line
 from .checkpoint import DTYPE_SIZES, Checkpoint, CheckpointFile, FileHoles, IntegrityProblem, TensorInfo, UnsafePickle
 from .holes import file_holes
 from .safetensors_format import parse_index, read_header, reconcile_index
@@ -375,7 +375,7 @@ def read_json_object(path: str, rel: str, integrity: list[IntegrityProblem]) -> 
     try:
         parsed = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        integrity.append(IntegrityProblem("bad-config", rel, f"not valid UTF-8 JSON ({' '.join(str(exc).split())[:160]})"))
+        integrity.append(IntegrityProblem("bad-config", rel, f"not valid UTF-8 JSON ({one_line(exc, 160)})"))
         return None
     if not isinstance(parsed, dict):
         integrity.append(IntegrityProblem("bad-config", rel, f"a JSON {type(parsed).__name__}, expected an object"))

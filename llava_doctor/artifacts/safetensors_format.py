@@ -18,6 +18,7 @@ from math import prod
 from typing import Any, Mapping
 
 from ..files import open_regular
+from ..findings import one_line
 from .checkpoint import DTYPE_SIZES, IntegrityProblem, TensorInfo
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit (MAX_HEADER_SIZE)
@@ -88,10 +89,10 @@ def parse_header(header: bytes, *, file: str, file_size: int) -> SafetensorsHead
     try:
         parsed = json.loads(header.decode("utf-8"), object_pairs_hook=_reject_duplicate_keys)
     except UnicodeDecodeError as exc:
-        problem("bad-header", f"header is not UTF-8 ({_one_line(exc)})")
+        problem("bad-header", f"header is not UTF-8 ({one_line(exc, 200)})")
         return result
     except (ValueError, RecursionError) as exc:
-        problem("bad-header", f"header is not valid JSON ({_one_line(exc)})")
+        problem("bad-header", f"header is not valid JSON ({one_line(exc, 200)})")
         return result
     if not isinstance(parsed, dict):
         problem("bad-header", f"header is a JSON {type(parsed).__name__}, expected an object")
@@ -235,7 +236,7 @@ def parse_index(text: bytes | str, *, file: str) -> ShardIndex:
             text = text.decode("utf-8")
         parsed = json.loads(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        bad(f"index is not valid UTF-8 JSON ({_one_line(exc)})")
+        bad(f"index is not valid UTF-8 JSON ({one_line(exc, 200)})")
         return index
     if not isinstance(parsed, dict):
         bad(f"index is a JSON {type(parsed).__name__}, expected an object with weight_map")
@@ -334,5 +335,3 @@ def _brief(value: Any) -> str:
     return f"{type(value).__name__} {text}" if value is not None else "missing"
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import IO, Any, Callable, Iterable, Mapping
 
 from ..files import MiB, open_regular
-from ..findings import InputError
+from ..findings import InputError, one_line
 from .checkpoint import IntegrityProblem, TensorInfo, UnsafePickle
 from .safetensors_format import printable
 
@@ -144,7 +144,7 @@ def scan_pickle_globals(stream: io.BufferedIOBase, *, max_pickles: int = 1) -> t
             raise
         except Exception as exc:  # genops raises ValueError/KeyError/struct.error/EOFError... on garbage
             if number == 0 or found:
-                raise PickleScanError(f"not a valid pickle ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})", tuple(found)) from None
+                raise PickleScanError(f"not a valid pickle ({type(exc).__name__}: {one_line(exc, 120)})", tuple(found)) from None
             break
     return tuple(found)
 
@@ -316,7 +316,7 @@ def load_checked(path: str, *, file: str, metadata_only: bool = False) -> TorchC
         fail("truncated" if "central directory" in str(exc) or "truncated" in str(exc).lower() else "unreadable", f"broken zip archive ({exc})")
         return contents
     except (OSError, EOFError, RuntimeError, ValueError) as exc:
-        fail("unreadable", f"cannot read ({' '.join(str(exc).split())[:160]})")
+        fail("unreadable", f"cannot read ({one_line(exc, 160)})")
         return contents
     bad = disallowed(found)
     if bad:
@@ -332,7 +332,7 @@ def load_checked(path: str, *, file: str, metadata_only: bool = False) -> TorchC
         else:
             obj = torch.load(path, weights_only=True, mmap=is_zip, map_location="cpu")
     except Exception as exc:  # truncated data records, bad magic number, a storage past the end...
-        first = " ".join(str(exc).split())[:200] or type(exc).__name__
+        first = one_line(exc, 200)
         fail("truncated" if "central directory" in first or "truncated" in first or "unexpected EOF" in first else "unreadable", f"torch.load(weights_only=True) failed: {first}")
         return contents
     contents.raw = obj
@@ -341,7 +341,7 @@ def load_checked(path: str, *, file: str, metadata_only: bool = False) -> TorchC
         try:
             contents.records, contents.little_endian = _zip_layout(path)
         except (ArchiveRefused, zipfile.BadZipFile, InputError, OSError) as exc:
-            fail("unreadable", f"zip archive changed while being read ({' '.join(str(exc).split())[:160]})")
+            fail("unreadable", f"zip archive changed while being read ({one_line(exc, 160)})")
     return contents
 
 

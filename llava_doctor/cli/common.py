@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 import click
 
 from ..config import Settings, check_value, load_settings
-from ..findings import InputError, Report, Severity
+from ..findings import InputError, Report, Severity, one_line
 from ..progress import progress_allowed
 from ..quiet import quiet_libraries
 
@@ -186,10 +186,6 @@ def stdout_gone() -> None:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):  # not a real file (a test runner's buffer)
         pass
-
-
-def one_line(text: Any) -> str:
-    return " ".join(str(text).split())
 
 
 def guarded(func: Callable[..., int]) -> Callable[..., None]:

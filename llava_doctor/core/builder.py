@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from ..quiet import quiet_libraries
 from ..files import read_json
-from ..findings import InputError
+from ..findings import InputError, one_line
 from ..layout import config_kind
 from ..tower_loading import loader_model_name
 
@@ -138,12 +138,7 @@ def load_tokenizer(folder: Path) -> Any:
         with quiet_libraries():
             return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as error:  # tokenizers raise ValueError, OSError, Exception from Rust
-        raise InputError(f"{folder}: cannot load its tokenizer ({_one_line(error)})") from None
-
-
-def _one_line(error: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+        raise InputError(f"{folder}: cannot load its tokenizer ({one_line(error, 240)})") from None
 
 
 def hub_cache_dir() -> str:
@@ -263,7 +258,7 @@ def _load_hf(folder: Path, config: dict, family: str, *, device: str, dtype: str
             model, info = model_class.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
                                                       **dtype_keyword(getattr(torch, dtype)))
     except (OSError, ValueError, RuntimeError, KeyError) as error:
-        raise InputError(f"{folder}: cannot load {class_name} ({_one_line(error)})") from None
+        raise InputError(f"{folder}: cannot load {class_name} ({one_line(error, 240)})") from None
     processor = None
     tok = None
     if source is not None:
@@ -299,7 +294,7 @@ def _hf_processor(folder: Path, source: Path) -> Any:
         with quiet_libraries():
             return AutoProcessor.from_pretrained(str(overlay or folder), local_files_only=True)
     except Exception as error:  # a missing preprocessor_config.json is an OSError, a bad one a ValueError
-        raise InputError(f"{folder}: cannot load its processor ({_one_line(error)})") from None
+        raise InputError(f"{folder}: cannot load its processor ({one_line(error, 240)})") from None
     finally:
         if overlay is not None:
             shutil.rmtree(overlay, ignore_errors=True)
@@ -345,7 +340,7 @@ def _read_projector(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # weights_only refuses anything that is not plain tensors
-        raise InputError(f"{path}: unreadable projector weights ({_one_line(error)})") from None
+        raise InputError(f"{path}: unreadable projector weights ({one_line(error, 240)})") from None
     if not isinstance(state, dict):
         raise InputError(f"{path}: not a state dict")
     return state
@@ -440,7 +435,7 @@ def _load_original(folder: Path, config: dict, *, device: str, dtype: str, delay
                 str(source), config=cfg, low_cpu_mem_usage=True, local_files_only=True, output_loading_info=True,
                 **tower_key_mapping(), **dtype_keyword(getattr(torch, dtype)))
     except (OSError, ValueError, RuntimeError, KeyError) as error:
-        raise InputError(f"{source}: cannot load {model_class.__name__} ({_one_line(error)})") from None
+        raise InputError(f"{source}: cannot load {model_class.__name__} ({one_line(error, 240)})") from None
     left_on_meta = materialise_meta_parameters(model)
     if left_on_meta:
         notes.append(f"{len(left_on_meta)} parameters from_pretrained left on the meta device (e.g. {left_on_meta[0]}) "
@@ -463,7 +458,7 @@ def _load_original(folder: Path, config: dict, *, device: str, dtype: str, delay
             if not tower.is_loaded:
                 tower.load_model()
     except (OSError, ValueError, RuntimeError, KeyError) as error:
-        raise InputError(f"vision tower {tower_folder}: cannot load it ({_one_line(error)})") from None
+        raise InputError(f"vision tower {tower_folder}: cannot load it ({one_line(error, 240)})") from None
     model.to(device=device, dtype=getattr(torch, dtype))
     processor = tower.image_processor if tower.is_loaded else None
     report = _load_report(info, notes=notes, delay_load=bool(delay_load),

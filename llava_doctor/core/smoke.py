@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import Any, Iterable, Sequence
 
 from ..artifacts.launch import PHASE_LABELS, Launch, phase_rank
-from ..findings import InputError, Report
+from ..findings import InputError, Report, one_line
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 LLM_FAMILIES = {"llama": "llama", "llava_llama": "llama", "qwen2": "qwen2", "llava_qwen": "qwen2"}
@@ -216,7 +216,7 @@ def smoke_step(launch: Launch, *, device: str | None = None, stage: str | None =
         return report
     except Exception as exc:  # the training code would stop here too: say where and why
         report.add_input_error(SMOKE, f"building the model as train.py does failed: {type(exc).__name__}: "
-                                      f"{' '.join(str(exc).split())[:300]}")
+                                      f"{one_line(exc, 300)}")
         return report
     built = time.perf_counter()
     name = f"{launch.name} (--smoke)"
@@ -232,7 +232,7 @@ def smoke_step(launch: Launch, *, device: str | None = None, stage: str | None =
             loss.backward()
         except Exception as exc:  # the first step itself fails: that is the answer, not a pass
             report.add_input_error(name, f"the first forward/backward raised {type(exc).__name__}: "
-                                         f"{' '.join(str(exc).split())[:300]}")
+                                         f"{one_line(exc, 300)}")
             return report
         grad_norm = _grad_norm(model)
         doctor.observe_step(1, float(loss.detach().float()), grad_norm, batch={"labels": batch["labels"]})

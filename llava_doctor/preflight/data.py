@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..findings import InputError
+from ..findings import InputError, one_line
 
 MAX_YAML_BYTES = 8 * 1024 * 1024
 
@@ -71,7 +71,7 @@ def _yaml(path: str, workdir: str, source: DataSource) -> None:
     try:
         table = yaml.safe_load(read_text(path, limit=MAX_YAML_BYTES, what="YAML file"))
     except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:160]})") from None
+        raise InputError(f"{path}: not valid YAML ({one_line(exc, 160)})") from None
     datasets = table.get("datasets") if isinstance(table, dict) else None
     if not isinstance(datasets, list):
         raise InputError(f"{path}: no `datasets:` list (LLaVA-NeXT expects datasets: - json_path: ...)")

@@ -17,12 +17,12 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from ..files import MiB, open_regular
-from ..findings import InputError
+from ..files import open_regular
+from ..findings import InputError, one_line
+from ..images import MAX_IMAGE_BYTES
 
 MAX_EXISTS = 20_000
 MAX_DECODE = 64
-MAX_IMAGE_BYTES = 256 * MiB
 DRAFT_SIZE = (64, 64)  # JPEG decodes at 1/8 scale: the stream is still read end to end
 
 
@@ -111,9 +111,9 @@ def decode_problem(path: str) -> tuple[str, str] | None:
         except UnidentifiedImageError:
             return "undecodable", "cannot identify image file (not an image Pillow can read)"
         except Image.DecompressionBombError as exc:
-            return "oversized", " ".join(str(exc).split())
+            return "oversized", one_line(exc)
         except (OSError, SyntaxError, ValueError) as exc:
-            return "undecodable", " ".join(str(exc).split()) or type(exc).__name__
+            return "undecodable", one_line(exc)
     return None
 
 

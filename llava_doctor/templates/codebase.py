@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..findings import one_line
 from .conversation import IMAGE_TOKEN, TEMPLATES, Template, get_template
 
 CODEBASES = ("llava-1.5", "llava", "llava-next")
@@ -205,7 +206,7 @@ def chat_template_ids_problem(tokenizer: Any, chat_template: str | None = None) 
     try:
         out = tokenizer.apply_chat_template([{"role": "system", "content": "x"}], chat_template=chat_template)
     except Exception as exc:  # the training code makes the same call
-        return f"{type(exc).__name__} in apply_chat_template: {' '.join(str(exc).split())[:160]}"
+        return f"{type(exc).__name__} in apply_chat_template: {one_line(exc, 160)}"
     if isinstance(out, list) and all(isinstance(i, int) for i in out):
         return None
     if hasattr(out, "keys"):
